@@ -1,0 +1,195 @@
+//! The stateless catalog HTTP service.
+//!
+//! Role: routes, handlers, problem+json errors, request ids, metrics, compression, the OpenAPI document,
+//! and a server loop that speaks HTTP/1.1 and h2c on one port and drains on shutdown.
+//!
+//! Invariant: the process holds no per-client state: any instance over the same database answers any
+//! request the same way. Every failure is an [`ApiError`] rendered as RFC 9457 problem+json; bad input
+//! is always a 4xx, never a 5xx or a panic.
+//!
+//! Entry points: [`App::new`], [`App::router`] (for `tower::ServiceExt::oneshot` tests), [`App::serve`]
+//! (takes a bound listener and a shutdown future), [`App::openapi`].
+
+mod error;
+mod extract;
+mod observe;
+mod routes;
+mod serve;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use secrecy::SecretString;
+use tenfold_config::HttpConfig;
+use tenfold_store::Store;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
+use tower_http::compression::{CompressionLayer, CompressionLevel};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ApiError, ApiResult, Problem, PROBLEM_JSON};
+pub use observe::X_REQUEST_ID;
+pub use routes::ops::Status;
+pub use routes::products::{CategoryList, ProductPage};
+
+use routes::{ops, products};
+
+/// The service: a store and the HTTP settings. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct App {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    store: Store,
+    pub(crate) api_key: Option<SecretString>,
+    pub(crate) body_limit: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) http: HttpConfig,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "tenfold catalog API", description = "A product catalog built to scale tenfold and more."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "products", description = "Products: reads are public, writes need the API key"),
+        (name = "categories", description = "Categories"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+impl App {
+    /// A service over `store` with the HTTP settings of `http`.
+    pub fn new(store: Store, http: HttpConfig) -> App {
+        App {
+            inner: Arc::new(Inner {
+                store,
+                api_key: http.api_key.clone(),
+                body_limit: http.body_limit_bytes,
+                request_timeout: Duration::from_millis(http.request_timeout_ms),
+                http,
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    fn api() -> (Router<App>, utoipa::openapi::OpenApi) {
+        OpenApiRouter::<App>::with_openapi(ApiDoc::openapi())
+            .routes(routes!(
+                products::get_product,
+                products::patch_product,
+                products::delete_product
+            ))
+            .routes(routes!(products::list_products, products::create_product))
+            .routes(routes!(
+                products::list_categories,
+                products::create_category
+            ))
+            .routes(routes!(ops::healthz))
+            .routes(routes!(ops::readyz))
+            .routes(routes!(ops::metrics))
+            .split_for_parts()
+    }
+
+    /// The OpenAPI 3 document of every route, generated from the handlers.
+    pub fn openapi() -> utoipa::openapi::OpenApi {
+        let mut doc = Self::api().1;
+        doc.paths.paths.insert(
+            "/api/openapi.json".into(),
+            utoipa::openapi::path::PathItem::new(
+                utoipa::openapi::HttpMethod::Get,
+                utoipa::openapi::path::OperationBuilder::new()
+                    .tag("operations")
+                    .summary(Some("This document"))
+                    .response(
+                        "200",
+                        utoipa::openapi::ResponseBuilder::new()
+                            .description("The OpenAPI document")
+                            .build(),
+                    ),
+            ),
+        );
+        doc
+    }
+
+    /// The full router with every middleware, ready to serve or to call with `oneshot`.
+    pub fn router(&self) -> Router {
+        let (api, _) = Self::api();
+        let doc: Arc<[u8]> = serde_json::to_vec(&Self::openapi())
+            .unwrap_or_default()
+            .into();
+        let compress_when = SizeAbove::new(self.inner.http.compression_min_bytes)
+            .and(NotForContentType::GRPC)
+            .and(NotForContentType::IMAGES)
+            .and(NotForContentType::SSE);
+        api.route(
+            "/api/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_vec()) }
+            }),
+        )
+        .route_layer(axum::middleware::from_fn(observe::remember_route))
+        .fallback(|req: Request| async move {
+            ApiError::NotFound(format!(
+                "there is no resource at {}",
+                req.uri().path().chars().take(200).collect::<String>()
+            ))
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::MethodNotAllowed(req.method().to_string())
+        })
+        .layer(DefaultBodyLimit::max(self.inner.body_limit))
+        .layer(
+            CompressionLayer::new()
+                .quality(CompressionLevel::Precise(4))
+                .compress_when(compress_when),
+        )
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| -> Response {
+                ApiError::Internal("a handler panicked".into()).into_response()
+            },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            observe::observe,
+        ))
+        .with_state(self.clone())
+    }
+
+    /// Serves HTTP/1.1 and h2c on `listener` until `shutdown` resolves, then stops accepting and gives
+    /// in-flight requests the configured grace period to finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        serve::serve(self.router(), listener, shutdown, &self.inner.http).await
+    }
+}

@@ -1,0 +1,4 @@
+//! Route handlers, grouped by resource.
+
+pub(crate) mod ops;
+pub(crate) mod products;

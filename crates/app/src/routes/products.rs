@@ -1,0 +1,405 @@
+//! `/api/products` and `/api/categories`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tenfold_catalog::{
+    Category, CategorySlug, NewCategory, NewCategoryInput, NewProduct, NewProductInput, Product,
+    ProductPatch, ProductPatchInput,
+};
+use tenfold_store::{Cursor, ListQuery, MAX_PAGE};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery, ProductIdPath, Writer};
+use crate::App;
+
+/// Default page size of `GET /api/products`.
+const DEFAULT_PAGE: u32 = 20;
+
+/// The strong ETag of a product version.
+pub(crate) fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"v{version}\"")).unwrap_or(HeaderValue::from_static("\"v0\""))
+}
+
+fn with_etag(status: StatusCode, product: Product) -> Response {
+    let tag = etag(product.version);
+    let mut resp = (status, Json(product)).into_response();
+    resp.headers_mut().insert(header::ETAG, tag);
+    resp
+}
+
+/// What an If-Match header asks for.
+enum IfMatch {
+    /// No header: unconditional.
+    Absent,
+    /// `*`: the resource must exist.
+    Any,
+    /// One of these versions.
+    Versions(Vec<i64>),
+}
+
+fn if_match(headers: &HeaderMap) -> ApiResult<IfMatch> {
+    let values: Vec<&str> = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest("If-Match must be ASCII".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    if values.is_empty() {
+        return Ok(IfMatch::Absent);
+    }
+    let mut versions = Vec::new();
+    for tag in values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        if tag == "*" {
+            return Ok(IfMatch::Any);
+        }
+        // Weak tags are accepted too: the version names the state whatever the encoding.
+        let inner = tag.strip_prefix("W/").unwrap_or(tag);
+        let v = inner
+            .strip_prefix("\"v")
+            .and_then(|t| t.strip_suffix('"'))
+            .and_then(|n| n.parse::<i64>().ok());
+        match v {
+            Some(v) => versions.push(v),
+            // An entity tag we never issued cannot match.
+            None if inner.starts_with('"') && inner.ends_with('"') && inner.len() >= 2 => {}
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                    "If-Match must be \"*\" or a list of entity tags such as \"v3\" (got {})",
+                    tag.chars().take(60).collect::<String>()
+                )))
+            }
+        }
+    }
+    Ok(IfMatch::Versions(versions))
+}
+
+/// Resolves If-Match to the single version the store must find, checking membership first when the
+/// header lists several tags.
+async fn expected_version(
+    app: &App,
+    id: tenfold_catalog::ProductId,
+    headers: &HeaderMap,
+) -> ApiResult<Option<i64>> {
+    let stale = || {
+        ApiError::PreconditionFailed(
+            "the product has changed since you read it: fetch it again and retry".into(),
+        )
+    };
+    match if_match(headers)? {
+        IfMatch::Absent => Ok(None),
+        IfMatch::Versions(v) if v.is_empty() => Err(stale()),
+        IfMatch::Versions(v) if v.len() == 1 => Ok(Some(v[0])),
+        IfMatch::Any | IfMatch::Versions(_) => {
+            let current = app.store().get_product(id).await?;
+            match (current, if_match(headers)?) {
+                (None, _) => Err(ApiError::PreconditionFailed(format!(
+                    "product {} does not exist",
+                    id.get()
+                ))),
+                (Some(p), IfMatch::Versions(v)) if !v.contains(&p.version) => Err(stale()),
+                (Some(p), _) => Ok(Some(p.version)),
+            }
+        }
+    }
+}
+
+fn not_found(id: tenfold_catalog::ProductId) -> ApiError {
+    ApiError::NotFound(format!("there is no product with id {}", id.get()))
+}
+
+/// Get one product.
+#[utoipa::path(
+    get,
+    path = "/api/products/{id}",
+    tag = "products",
+    params(("id" = i64, Path, description = "Product id", minimum = 1)),
+    responses(
+        (status = 200, description = "The product; ETag carries its version", body = Product,
+            headers(("ETag" = String, description = "Strong entity tag of this version"))),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_product(
+    State(app): State<App>,
+    ProductIdPath(id): ProductIdPath,
+) -> ApiResult<Response> {
+    let product = app
+        .store()
+        .get_product(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(with_etag(StatusCode::OK, product))
+}
+
+/// Query parameters of `GET /api/products`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Only products in this category (a slug).
+    category: Option<String>,
+    /// Only products whose name contains this text (1-100 characters).
+    q: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<i64>,
+}
+
+/// One page of products.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductPage {
+    /// Products in id order.
+    pub items: Vec<Product>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// The URL of the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// List products, filtered and keyset-paginated.
+#[utoipa::path(
+    get,
+    path = "/api/products",
+    tag = "products",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of products", body = ProductPage),
+        (status = 400, description = "Malformed query string", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameter values", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn list_products(
+    State(app): State<App>,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> ApiResult<Json<ProductPage>> {
+    let mut errs = tenfold_catalog::ValidationErrors::default();
+    let limit = match p.limit {
+        None => Some(DEFAULT_PAGE),
+        Some(n) if (1..=i64::from(MAX_PAGE)).contains(&n) => Some(n as u32),
+        Some(n) => errs.check(
+            "limit",
+            Err(format!("limit must be between 1 and {MAX_PAGE} (got {n})")),
+        ),
+    };
+    let category = p
+        .category
+        .as_deref()
+        .and_then(|c| errs.check("category", CategorySlug::parse(c)));
+    let search = match p.q.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(q) if q.chars().count() > 100 => {
+            errs.check("q", Err("q must be at most 100 characters".into()))
+        }
+        Some(q) if q.chars().any(char::is_control) => {
+            errs.check("q", Err("q must not contain control characters".into()))
+        }
+        Some(q) => Some(q.to_owned()),
+    };
+    let after = p
+        .cursor
+        .as_deref()
+        .and_then(|c| errs.check("cursor", Cursor::decode(c)));
+    if !errs.0.is_empty() {
+        return Err(ApiError::Validation(errs));
+    }
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    let page = app
+        .store()
+        .list_products(&ListQuery {
+            category,
+            search: search.clone(),
+            after,
+            limit,
+        })
+        .await?;
+    let next_cursor = page.next.map(|c| c.encode());
+    let next = next_cursor.as_ref().map(|c| {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(cat) = &p.category {
+            q.append_pair("category", cat);
+        }
+        if let Some(s) = &search {
+            q.append_pair("q", s);
+        }
+        q.append_pair("cursor", c);
+        q.append_pair("limit", &limit.to_string());
+        format!("/api/products?{}", q.finish())
+    });
+    Ok(Json(ProductPage {
+        items: page.items,
+        next_cursor,
+        next,
+    }))
+}
+
+/// Create a product.
+#[utoipa::path(
+    post,
+    path = "/api/products",
+    tag = "products",
+    request_body(content = NewProductInput, content_type = "application/json"),
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Created", body = Product,
+            headers(("Location" = String, description = "URL of the product"), ("ETag" = String, description = "Entity tag"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong API key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Duplicate SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn create_product(
+    State(app): State<App>,
+    _w: Writer,
+    ApiJson(input): ApiJson<NewProductInput>,
+) -> ApiResult<Response> {
+    let new = NewProduct::parse(&input).map_err(ApiError::Validation)?;
+    let product = app.store().create_product(&new).await?;
+    let location = HeaderValue::from_str(&format!("/api/products/{}", product.id)).ok();
+    let mut resp = with_etag(StatusCode::CREATED, product);
+    if let Some(l) = location {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(resp)
+}
+
+/// Change some fields of a product, optionally only if it is still at a version (If-Match).
+#[utoipa::path(
+    patch,
+    path = "/api/products/{id}",
+    tag = "products",
+    params(
+        ("id" = i64, Path, description = "Product id", minimum = 1),
+        ("If-Match" = Option<String>, Header, description = "ETag of the version the change is based on"),
+    ),
+    request_body(content = ProductPatchInput, content_type = "application/json"),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Updated", body = Product, headers(("ETag" = String, description = "Entity tag"))),
+        (status = 400, description = "Malformed JSON or If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Duplicate SKU", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The product changed since the given ETag", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn patch_product(
+    State(app): State<App>,
+    _w: Writer,
+    ProductIdPath(id): ProductIdPath,
+    headers: HeaderMap,
+    ApiJson(input): ApiJson<ProductPatchInput>,
+) -> ApiResult<Response> {
+    let patch = ProductPatch::parse(&input).map_err(ApiError::Validation)?;
+    let expected = expected_version(&app, id, &headers).await?;
+    match app.store().update_product(id, &patch, expected).await {
+        Ok(p) => Ok(with_etag(StatusCode::OK, p)),
+        Err(tenfold_store::StoreError::NotFound) => Err(not_found(id)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Delete a product, optionally only if it is still at a version (If-Match).
+#[utoipa::path(
+    delete,
+    path = "/api/products/{id}",
+    tag = "products",
+    params(
+        ("id" = i64, Path, description = "Product id", minimum = 1),
+        ("If-Match" = Option<String>, Header, description = "ETag of the version to delete"),
+    ),
+    security(("api_key" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id or If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The product changed since the given ETag", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn delete_product(
+    State(app): State<App>,
+    _w: Writer,
+    ProductIdPath(id): ProductIdPath,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    let expected = expected_version(&app, id, &headers).await?;
+    match app.store().delete_product(id, expected).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(tenfold_store::StoreError::NotFound) => Err(not_found(id)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every category.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CategoryList {
+    /// Categories by slug.
+    pub items: Vec<Category>,
+}
+
+/// List categories with their product counts.
+#[utoipa::path(
+    get,
+    path = "/api/categories",
+    tag = "categories",
+    responses((status = 200, description = "All categories", body = CategoryList))
+)]
+pub(crate) async fn list_categories(State(app): State<App>) -> ApiResult<Json<CategoryList>> {
+    Ok(Json(CategoryList {
+        items: app.store().list_categories().await?,
+    }))
+}
+
+/// Create a category.
+#[utoipa::path(
+    post,
+    path = "/api/categories",
+    tag = "categories",
+    request_body(content = NewCategoryInput, content_type = "application/json"),
+    security(("api_key" = [])),
+    responses(
+        (status = 201, description = "Created", body = Category),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong API key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Duplicate slug", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn create_category(
+    State(app): State<App>,
+    _w: Writer,
+    ApiJson(input): ApiJson<NewCategoryInput>,
+) -> ApiResult<(StatusCode, Json<Category>)> {
+    let new = NewCategory::parse(&input).map_err(ApiError::Validation)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(app.store().create_category(&new).await?),
+    ))
+}

@@ -1,0 +1,421 @@
+//! Typed, layered configuration.
+//!
+//! Role: one `Config` for every role of the binary, read from (highest first) command-line flags,
+//! `TENFOLD_*` environment variables, a `tenfold.toml` file and built-in defaults.
+//!
+//! Invariant: a `Config` that `load` returns is valid (addresses parse, limits are sane, the database URL
+//! names a supported engine); secrets are `SecretString`s and only ever print masked.
+//! Entry points: [`Config::load`], [`Config::to_masked_toml`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be used; the binary exits 64 with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Source(String),
+    /// A value parsed but makes no sense.
+    #[error("invalid configuration: {field}: {message}")]
+    Invalid {
+        /// Dotted key of the value, e.g. `http.body_limit_bytes`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP service settings.
+    pub http: HttpConfig,
+    /// Database settings.
+    pub database: DatabaseConfig,
+    /// Logging settings.
+    pub log: LogConfig,
+}
+
+/// Settings of the HTTP service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Bearer key that write requests must carry; writes are refused when unset.
+    #[serde(serialize_with = "mask_opt")]
+    pub api_key: Option<SecretString>,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// Largest total size of a request's headers, in bytes.
+    pub header_limit_bytes: usize,
+    /// Deadline for handling one request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Deadline for a client to send a request's headers, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// On shutdown, in-flight requests get this long to finish, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Responses smaller than this are not compressed, in bytes.
+    pub compression_min_bytes: u16,
+}
+
+/// Settings of the database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` (the embedded default) or `postgres://user:pass@host/db`.
+    #[serde(serialize_with = "mask_url")]
+    pub url: SecretString,
+    /// Connections in the pool; 0 sizes it to the machine.
+    pub max_connections: u32,
+    /// Run pending migrations at start-up.
+    pub auto_migrate: bool,
+    /// How long a request waits for a pooled connection, in milliseconds.
+    pub acquire_timeout_ms: u64,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `tenfold_app=debug,info`.
+    pub level: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_key: None,
+            body_limit_bytes: 1024 * 1024,
+            header_limit_bytes: 16 * 1024,
+            request_timeout_ms: 10_000,
+            header_read_timeout_ms: 5_000,
+            shutdown_grace_ms: 10_000,
+            compression_min_bytes: 512,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: SecretString::from("sqlite://data/tenfold.db"),
+            max_connections: 0,
+            auto_migrate: true,
+            acquire_timeout_ms: 3_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--database-url`.
+    pub database_url: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+}
+
+/// Short environment names for the settings people set most; any key can also be set as
+/// `TENFOLD_<SECTION>__<KEY>` (e.g. `TENFOLD_HTTP__BODY_LIMIT_BYTES`).
+const ENV_ALIASES: &[(&str, &str)] = &[
+    ("database_url", "database.url"),
+    ("api_key", "http.api_key"),
+    ("listen", "http.listen"),
+    ("log_format", "log.format"),
+    ("log_level", "log.level"),
+];
+
+impl Config {
+    /// Loads the configuration: `overrides` > `TENFOLD_*` environment > the TOML file > defaults.
+    ///
+    /// `file` is the path given with `--config`; without one, `./tenfold.toml` is read if it exists.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::figment(file, overrides)?
+            .extract::<Config>()
+            .map_err(|e| {
+                let e = e
+                    .into_iter()
+                    .next()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                ConfigError::Source(e.split_whitespace().collect::<Vec<_>>().join(" "))
+            })?
+            .validated()
+    }
+
+    fn figment(file: Option<&Path>, o: &Overrides) -> Result<Figment, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError::Source(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            Some(path) => fig = fig.merge(Toml::file_exact(path)),
+            None => fig = fig.merge(Toml::file(PathBuf::from("tenfold.toml"))),
+        }
+        let env = Env::prefixed("TENFOLD_").ignore(&["config"]).map(|key| {
+            let k = key.as_str().to_ascii_lowercase();
+            match ENV_ALIASES.iter().find(|(alias, _)| *alias == k) {
+                Some((_, path)) => (*path).into(),
+                None => k.replace("__", ".").into(),
+            }
+        });
+        fig = fig.merge(env);
+        if let Some(v) = o.listen {
+            fig = fig.merge(Serialized::default("http.listen", v));
+        }
+        if let Some(v) = &o.database_url {
+            fig = fig.merge(Serialized::default("database.url", v));
+        }
+        if let Some(v) = o.log_format {
+            fig = fig.merge(Serialized::default("log.format", v));
+        }
+        if let Some(v) = &o.log_level {
+            fig = fig.merge(Serialized::default("log.level", v));
+        }
+        Ok(fig)
+    }
+
+    fn validated(self) -> Result<Config, ConfigError> {
+        let invalid = |field, message: &str| {
+            Err(ConfigError::Invalid {
+                field,
+                message: message.into(),
+            })
+        };
+        let h = &self.http;
+        if !(1024..=1024 * 1024 * 1024).contains(&h.body_limit_bytes) {
+            return invalid("http.body_limit_bytes", "must be between 1 KiB and 1 GiB");
+        }
+        if !(1024..=1024 * 1024).contains(&h.header_limit_bytes) {
+            return invalid("http.header_limit_bytes", "must be between 1 KiB and 1 MiB");
+        }
+        for (field, v) in [
+            ("http.request_timeout_ms", h.request_timeout_ms),
+            ("http.header_read_timeout_ms", h.header_read_timeout_ms),
+            (
+                "database.acquire_timeout_ms",
+                self.database.acquire_timeout_ms,
+            ),
+        ] {
+            if !(1..=3_600_000).contains(&v) {
+                return invalid(field, "must be between 1 ms and one hour");
+            }
+        }
+        if h.shutdown_grace_ms > 3_600_000 {
+            return invalid("http.shutdown_grace_ms", "must be at most one hour");
+        }
+        if let Some(key) = &h.api_key {
+            if key.expose_secret().len() < 16 {
+                return invalid("http.api_key", "must be at least 16 characters");
+            }
+        }
+        if self.database.max_connections > 1000 {
+            return invalid(
+                "database.max_connections",
+                "must be at most 1000 (0 sizes the pool to the machine)",
+            );
+        }
+        if let Err(m) = DatabaseKind::of(self.database.url.expose_secret()) {
+            return invalid("database.url", &m);
+        }
+        if tracing_filter_ok(&self.log.level).is_err() {
+            return invalid(
+                "log.level",
+                "is not a valid filter (try \"info\" or \"tenfold_app=debug,info\")",
+            );
+        }
+        Ok(self)
+    }
+
+    /// The effective configuration as TOML, with secrets and URL passwords masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+fn tracing_filter_ok(level: &str) -> Result<(), ()> {
+    // A light check that catches typos; the binary builds the real filter.
+    let ok = !level.trim().is_empty()
+        && level.split(',').all(|d| {
+            !d.is_empty()
+                && d.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_=:.-[]{}\"".contains(c))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// The database engines tenfold speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl DatabaseKind {
+    /// Which engine a URL names, or why it names none we support.
+    pub fn of(url: &str) -> Result<DatabaseKind, String> {
+        let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
+        match scheme {
+            "sqlite" => Ok(DatabaseKind::Sqlite),
+            "postgres" | "postgresql" => Ok(DatabaseKind::Postgres),
+            "mysql" | "mariadb" => {
+                Err("MySQL/MariaDB is not supported yet; use sqlite:// or postgres://".into())
+            }
+            _ => Err(format!(
+                "\"{scheme}\" is not a supported database; use sqlite://path or postgres://host/db"
+            )),
+        }
+    }
+}
+
+fn mask_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("********"),
+        None => s.serialize_none(),
+    }
+}
+
+fn mask_url<S: serde::Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&mask_password(v.expose_secret()))
+}
+
+/// A URL with its password replaced by `********`, for printing.
+pub fn mask_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("********"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_in(jail: &mut figment::Jail, o: &Overrides) -> Result<Config, ConfigError> {
+        let _ = jail;
+        Config::load(None, o)
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("tenfold.toml", "[http]\nlisten = \"127.0.0.1:1000\"\nbody_limit_bytes = 2048\n[log]\nlevel = \"debug\"\n")?;
+            jail.set_env("TENFOLD_LISTEN", "127.0.0.1:2000");
+            jail.set_env("TENFOLD_HTTP__REQUEST_TIMEOUT_MS", "1234");
+            let c = load_in(jail, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.http.listen.port(), 2000, "env beats file");
+            assert_eq!(c.http.body_limit_bytes, 2048, "file beats default");
+            assert_eq!(c.http.request_timeout_ms, 1234, "nested env keys");
+            assert_eq!(c.log.level, "debug");
+            let o = Overrides {
+                listen: Some("127.0.0.1:3000".parse().map_err(|_| "addr")?),
+                ..Default::default()
+            };
+            let c = load_in(jail, &o).map_err(|e| e.to_string())?;
+            assert_eq!(c.http.listen.port(), 3000, "flags beat env");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_are_one_line_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TENFOLD_HTTP__BODY_LIMIT_BYTES", "10");
+            let e = load_in(jail, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("http.body_limit_bytes"), "{e}");
+            assert!(!e.contains('\n'));
+            jail.clear_env();
+            jail.set_env("TENFOLD_DATABASE_URL", "mysql://x");
+            let e = load_in(jail, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not supported yet"), "{e}");
+            jail.clear_env();
+            jail.create_file("tenfold.toml", "[http]\nlistn = 1\n")?;
+            let e = load_in(jail, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("listn"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TENFOLD_API_KEY", "a-very-secret-key-123");
+            jail.set_env("TENFOLD_DATABASE_URL", "postgres://u:hunter2@localhost/db");
+            let c = load_in(jail, &Overrides::default()).map_err(|e| e.to_string())?;
+            let shown = c.to_masked_toml();
+            assert!(
+                !shown.contains("a-very-secret-key-123") && !shown.contains("hunter2"),
+                "{shown}"
+            );
+            assert!(shown.contains("********"));
+            assert_eq!(
+                c.http.api_key.as_ref().map(|k| k.expose_secret().len()),
+                Some(21)
+            );
+            Ok(())
+        });
+    }
+}

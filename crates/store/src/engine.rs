@@ -1,0 +1,540 @@
+//! The engines behind [`crate::CatalogStore`]: one generic SQL store, instantiated for SQLite and
+//! PostgreSQL by [`impl_catalog_store!`], so both run the same statements in the same order.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Database, Pool, Postgres, Sqlite};
+use tenfold_catalog::{
+    Category, NewCategory, NewProduct, PriceInput, Product, ProductId, ProductPatch,
+};
+
+use crate::sql::{like_contains, Sql};
+use crate::{
+    CatalogStore, Cursor, ListQuery, Page, PoolStats, Readiness, Store, StoreError, MAX_PAGE,
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The database engine behind a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// Embedded SQLite file: one writer connection, several read-only readers.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `sqlite://path/to/file.db` or `postgres://...`.
+    pub url: String,
+    /// Pool size; 0 sizes it to the machine.
+    pub max_connections: u32,
+    /// How long a query waits for a pooled connection.
+    pub acquire_timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options for `url` with machine-sized pools.
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnectOptions {
+            url: url.into(),
+            max_connections: 0,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+fn cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2)
+}
+
+/// Opens the store a URL names (creating a SQLite file and its directory if needed). Does not migrate.
+pub async fn connect(opts: &ConnectOptions) -> Result<Store, StoreError> {
+    let scheme = opts.url.split_once(':').map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "sqlite" => Ok(Arc::new(connect_sqlite(opts).await?)),
+        "postgres" | "postgresql" => Ok(Arc::new(connect_postgres(opts).await?)),
+        "mysql" | "mariadb" => Err(StoreError::setup(
+            "opening the database",
+            std::io::Error::other(
+                "MySQL/MariaDB is not supported yet; use sqlite:// or postgres://",
+            ),
+        )),
+        _ => Err(StoreError::setup(
+            "opening the database",
+            std::io::Error::other(format!("unsupported database URL scheme \"{scheme}\"")),
+        )),
+    }
+}
+
+async fn connect_sqlite(opts: &ConnectOptions) -> Result<SqlStore<Sqlite>, StoreError> {
+    let base = SqliteConnectOptions::from_str(&opts.url)
+        .map_err(|e| StoreError::setup("parsing the SQLite URL", e))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5))
+        .foreign_keys(true)
+        .pragma("temp_store", "memory")
+        .pragma("mmap_size", "268435456");
+    let file = base.get_filename().to_path_buf();
+    let memory = file.as_os_str().is_empty() || file == Path::new(":memory:");
+    if let Some(dir) = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !memory)
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::setup(format!("creating {}", dir.display()), e))?;
+    }
+    // SQLite allows one writer at a time; a single pooled writer turns lock contention into a queue.
+    let writer = SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(opts.acquire_timeout)
+        .connect_with(base.clone())
+        .await
+        .map_err(|e| StoreError::setup(format!("opening SQLite database {}", file.display()), e))?;
+    let readers = if memory {
+        writer.clone()
+    } else {
+        let n = if opts.max_connections > 0 {
+            opts.max_connections
+        } else {
+            (cpus() * 2).clamp(2, 8)
+        };
+        SqlitePoolOptions::new()
+            .max_connections(n)
+            .min_connections(1)
+            .acquire_timeout(opts.acquire_timeout)
+            .connect_with(base.read_only(true).create_if_missing(false))
+            .await
+            .map_err(|e| {
+                StoreError::setup(
+                    format!("opening SQLite database {} for reading", file.display()),
+                    e,
+                )
+            })?
+    };
+    Ok(SqlStore {
+        readers,
+        writer,
+        sql: Sql::new(false),
+        migrator: &SQLITE_MIGRATIONS,
+        engine: Engine::Sqlite,
+    })
+}
+
+async fn connect_postgres(opts: &ConnectOptions) -> Result<SqlStore<Postgres>, StoreError> {
+    let conn = PgConnectOptions::from_str(&opts.url)
+        .map_err(|e| StoreError::setup("parsing the PostgreSQL URL", e))?
+        .application_name("tenfold");
+    let n = if opts.max_connections > 0 {
+        opts.max_connections
+    } else {
+        (cpus() * 4).clamp(4, 16)
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(n)
+        .acquire_timeout(opts.acquire_timeout)
+        .connect_with(conn)
+        .await
+        .map_err(|e| StoreError::setup("connecting to PostgreSQL", e))?;
+    Ok(SqlStore {
+        readers: pool.clone(),
+        writer: pool,
+        sql: Sql::new(true),
+        migrator: &POSTGRES_MIGRATIONS,
+        engine: Engine::Postgres,
+    })
+}
+
+/// A SQL store on one engine. For PostgreSQL `readers` and `writer` are the same pool.
+pub(crate) struct SqlStore<DB: Database> {
+    readers: Pool<DB>,
+    writer: Pool<DB>,
+    sql: Sql,
+    migrator: &'static Migrator,
+    engine: Engine,
+}
+
+#[derive(sqlx::FromRow)]
+struct ProductRow {
+    id: i64,
+    sku: String,
+    name: String,
+    description: String,
+    price_minor: i64,
+    currency: String,
+    stock: i64,
+    category: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version: i64,
+}
+
+impl From<ProductRow> for Product {
+    fn from(r: ProductRow) -> Self {
+        Product {
+            id: r.id,
+            sku: r.sku,
+            name: r.name,
+            description: r.description,
+            price: PriceInput {
+                amount_minor: r.price_minor,
+                currency: r.currency,
+            },
+            stock: r.stock,
+            category: r.category,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            version: r.version,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CategoryRow {
+    slug: String,
+    name: String,
+    product_count: i64,
+}
+
+impl From<CategoryRow> for Category {
+    fn from(r: CategoryRow) -> Self {
+        Category {
+            slug: r.slug,
+            name: r.name,
+            product_count: r.product_count,
+        }
+    }
+}
+
+/// Timestamps are kept to the microsecond, the precision both engines store.
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn pool_stats<DB: Database>(name: &'static str, pool: &Pool<DB>) -> PoolStats {
+    PoolStats {
+        pool: name,
+        size: pool.size(),
+        idle: pool.num_idle() as u32,
+        max: pool.options().get_max_connections(),
+    }
+}
+
+macro_rules! impl_catalog_store {
+    ($db:ty) => {
+        impl SqlStore<$db> {
+            /// Tells a missing row from a stale version after a conditional write matched nothing.
+            async fn missing_or_stale(&self, id: ProductId) -> StoreError {
+                match sqlx::query_scalar::<_, i64>(&self.sql.version_of)
+                    .bind(id.get())
+                    .fetch_optional(&self.writer)
+                    .await
+                {
+                    Ok(Some(current)) => StoreError::VersionMismatch { current },
+                    Ok(None) => StoreError::NotFound,
+                    Err(e) => e.into(),
+                }
+            }
+        }
+
+        #[async_trait]
+        impl CatalogStore for SqlStore<$db> {
+            fn engine(&self) -> Engine {
+                self.engine
+            }
+
+            async fn migrate(&self) -> Result<(), StoreError> {
+                self.migrator
+                    .run(&self.writer)
+                    .await
+                    .map_err(|e| StoreError::setup("applying migrations", e))
+            }
+
+            async fn readiness(&self) -> Result<Readiness, StoreError> {
+                let expected: Vec<i64> = self.migrator.iter().map(|m| m.version).collect();
+                let applied = match sqlx::query_scalar::<_, i64>(&self.sql.applied_migrations)
+                    .fetch_all(&self.readers)
+                    .await
+                {
+                    Ok(v) => v,
+                    // No migrations table yet: the database answers but is not migrated.
+                    Err(sqlx::Error::Database(_)) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(Readiness { applied, expected })
+            }
+
+            fn pool_stats(&self) -> Vec<PoolStats> {
+                match self.engine {
+                    Engine::Sqlite => vec![
+                        pool_stats("read", &self.readers),
+                        pool_stats("write", &self.writer),
+                    ],
+                    Engine::Postgres => vec![pool_stats("primary", &self.writer)],
+                }
+            }
+
+            async fn get_product(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
+                let row = sqlx::query_as::<_, ProductRow>(&self.sql.get)
+                    .bind(id.get())
+                    .fetch_optional(&self.readers)
+                    .await?;
+                Ok(row.map(Product::from))
+            }
+
+            async fn list_products(&self, q: &ListQuery) -> Result<Page, StoreError> {
+                let limit = q.limit.clamp(1, MAX_PAGE);
+                let sql =
+                    &self.sql.list[q.category.is_some() as usize][q.search.is_some() as usize];
+                let mut query = sqlx::query_as::<_, ProductRow>(sql)
+                    .bind(q.after.map(|c| c.after_id).unwrap_or(0));
+                if let Some(c) = &q.category {
+                    query = query.bind(c.as_str());
+                }
+                if let Some(s) = &q.search {
+                    query = query.bind(like_contains(s));
+                }
+                let mut rows = query
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&self.readers)
+                    .await?;
+                let more = rows.len() > limit as usize;
+                rows.truncate(limit as usize);
+                let next = if more {
+                    rows.last().map(|r| Cursor::after(r.id))
+                } else {
+                    None
+                };
+                Ok(Page {
+                    items: rows.into_iter().map(Product::from).collect(),
+                    next,
+                })
+            }
+
+            async fn create_product(&self, p: &NewProduct) -> Result<Product, StoreError> {
+                let mut tx = self.writer.begin().await?;
+                let counted = sqlx::query(&self.sql.count_inc)
+                    .bind(p.category.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                if counted.rows_affected() == 0 {
+                    return Err(StoreError::UnknownCategory(p.category.to_string()));
+                }
+                let t = now();
+                let row = sqlx::query_as::<_, ProductRow>(&self.sql.insert)
+                    .bind(p.sku.as_str())
+                    .bind(p.name.as_str())
+                    .bind(p.description.as_str())
+                    .bind(p.price.amount_minor())
+                    .bind(p.price.currency().code())
+                    .bind(p.stock.get())
+                    .bind(p.category.as_str())
+                    .bind(t)
+                    .bind(t)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        if unique_violation(&e) {
+                            StoreError::Conflict(format!(
+                                "a product with sku \"{}\" already exists",
+                                p.sku
+                            ))
+                        } else {
+                            e.into()
+                        }
+                    })?;
+                tx.commit().await?;
+                Ok(row.into())
+            }
+
+            async fn update_product(
+                &self,
+                id: ProductId,
+                patch: &ProductPatch,
+                if_version: Option<i64>,
+            ) -> Result<Product, StoreError> {
+                let mut tx = self.writer.begin().await?;
+                if let Some(cat) = &patch.category {
+                    // Move the product's count from its old category to the new one; a version
+                    // mismatch or a missing row leaves the counts alone and the transaction rolls back.
+                    sqlx::query(&self.sql.count_dec_for)
+                        .bind(id.get())
+                        .bind(if_version)
+                        .execute(&mut *tx)
+                        .await?;
+                    let counted = sqlx::query(&self.sql.count_inc)
+                        .bind(cat.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                    if counted.rows_affected() == 0 {
+                        return Err(StoreError::UnknownCategory(cat.to_string()));
+                    }
+                }
+                let row = sqlx::query_as::<_, ProductRow>(&self.sql.update)
+                    .bind(patch.sku.as_ref().map(|v| v.as_str()))
+                    .bind(patch.name.as_ref().map(|v| v.as_str()))
+                    .bind(patch.description.as_ref().map(|v| v.as_str()))
+                    .bind(patch.price.map(|p| p.amount_minor()))
+                    .bind(patch.price.map(|p| p.currency().code()))
+                    .bind(patch.stock.map(|s| s.get()))
+                    .bind(patch.category.as_ref().map(|v| v.as_str()))
+                    .bind(now())
+                    .bind(id.get())
+                    .bind(if_version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        if unique_violation(&e) {
+                            let sku = patch.sku.as_ref().map(|s| s.as_str()).unwrap_or_default();
+                            StoreError::Conflict(format!(
+                                "a product with sku \"{sku}\" already exists"
+                            ))
+                        } else {
+                            e.into()
+                        }
+                    })?;
+                match row {
+                    Some(row) => {
+                        tx.commit().await?;
+                        Ok(row.into())
+                    }
+                    None => {
+                        tx.rollback().await?;
+                        Err(self.missing_or_stale(id).await)
+                    }
+                }
+            }
+
+            async fn delete_product(
+                &self,
+                id: ProductId,
+                if_version: Option<i64>,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.writer.begin().await?;
+                sqlx::query(&self.sql.count_dec_for)
+                    .bind(id.get())
+                    .bind(if_version)
+                    .execute(&mut *tx)
+                    .await?;
+                let deleted = sqlx::query(&self.sql.delete)
+                    .bind(id.get())
+                    .bind(if_version)
+                    .execute(&mut *tx)
+                    .await?;
+                if deleted.rows_affected() == 1 {
+                    tx.commit().await?;
+                    Ok(())
+                } else {
+                    tx.rollback().await?;
+                    Err(self.missing_or_stale(id).await)
+                }
+            }
+
+            async fn list_categories(&self) -> Result<Vec<Category>, StoreError> {
+                let rows = sqlx::query_as::<_, CategoryRow>(&self.sql.categories)
+                    .fetch_all(&self.readers)
+                    .await?;
+                Ok(rows.into_iter().map(Category::from).collect())
+            }
+
+            async fn create_category(&self, c: &NewCategory) -> Result<Category, StoreError> {
+                sqlx::query_as::<_, CategoryRow>(&self.sql.insert_category)
+                    .bind(c.slug.as_str())
+                    .bind(c.name.as_str())
+                    .bind(now())
+                    .fetch_one(&self.writer)
+                    .await
+                    .map(Category::from)
+                    .map_err(|e| {
+                        if unique_violation(&e) {
+                            StoreError::Conflict(format!(
+                                "a category with slug \"{}\" already exists",
+                                c.slug
+                            ))
+                        } else {
+                            e.into()
+                        }
+                    })
+            }
+
+            async fn ensure_categories(&self, cats: &[NewCategory]) -> Result<u64, StoreError> {
+                let mut tx = self.writer.begin().await?;
+                let mut added = 0;
+                for c in cats {
+                    added += sqlx::query(&self.sql.ensure_category)
+                        .bind(c.slug.as_str())
+                        .bind(c.name.as_str())
+                        .bind(now())
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(added)
+            }
+
+            async fn insert_products_if_absent(
+                &self,
+                products: &[NewProduct],
+            ) -> Result<u64, StoreError> {
+                if products.is_empty() {
+                    return Ok(0);
+                }
+                let t = now();
+                let mut qb = sqlx::QueryBuilder::<$db>::new(&self.sql.bulk_insert_prefix);
+                qb.push_values(products, |mut b, p| {
+                    b.push_bind(p.sku.as_str())
+                        .push_bind(p.name.as_str())
+                        .push_bind(p.description.as_str())
+                        .push_bind(p.price.amount_minor())
+                        .push_bind(p.price.currency().code())
+                        .push_bind(p.stock.get())
+                        .push_bind(p.category.as_str())
+                        .push_bind(t)
+                        .push_bind(t)
+                        .push_bind(1_i64);
+                });
+                qb.push(&self.sql.bulk_insert_suffix);
+                Ok(qb.build().execute(&self.writer).await?.rows_affected())
+            }
+
+            async fn recount_categories(&self) -> Result<(), StoreError> {
+                sqlx::query(&self.sql.recount).execute(&self.writer).await?;
+                Ok(())
+            }
+
+            async fn count_products(&self) -> Result<i64, StoreError> {
+                Ok(sqlx::query_scalar::<_, i64>(&self.sql.count_products)
+                    .fetch_one(&self.readers)
+                    .await?)
+            }
+
+            async fn close(&self) {
+                self.readers.close().await;
+                self.writer.close().await;
+            }
+        }
+    };
+}
+
+impl_catalog_store!(Sqlite);
+impl_catalog_store!(Postgres);

@@ -1,0 +1,76 @@
+/// What went wrong in the store, in terms a handler can map to a response.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique value is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// The row changed since the version the caller read.
+    #[error("version mismatch: the current version is {current}")]
+    VersionMismatch {
+        /// The version now stored.
+        current: i64,
+    },
+    /// The product names a category that does not exist.
+    #[error("category \"{0}\" does not exist")]
+    UnknownCategory(String),
+    /// The database is unreachable, overloaded or timed out; worth retrying later.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// The database could not be opened or migrated.
+    #[error("{context}: {source}")]
+    Setup {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Anything else: a bug or a broken database.
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+            sqlx::Error::Database(db) if is_busy(db.as_ref()) => StoreError::Unavailable(e),
+            _ => StoreError::Other(e),
+        }
+    }
+}
+
+/// SQLite "database is locked/busy" after the busy timeout, and PostgreSQL's
+/// cannot-connect-now / too-many-connections / serialization / statement-timeout classes.
+fn is_busy(db: &dyn sqlx::error::DatabaseError) -> bool {
+    matches!(
+        db.code().as_deref(),
+        Some("5" | "6" | "517" | "261" | "57P03" | "53300" | "40001" | "40P01" | "57014")
+    )
+}
+
+impl StoreError {
+    pub(crate) fn setup(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StoreError::Setup {
+            context: context.into(),
+            source: Box::new(source),
+        }
+    }
+}
+
+impl StoreError {
+    /// A setup failure described by a message alone.
+    pub fn setup_msg(message: impl Into<String>) -> Self {
+        StoreError::setup("setup", std::io::Error::other(message.into()))
+    }
+}

@@ -1,0 +1,144 @@
+//! The only crate that speaks SQL.
+//!
+//! Role: one catalog store API ([`CatalogStore`]) over the embedded SQLite default and PostgreSQL, with
+//! versioned migrations for each engine, pools sized to the machine and keyset pagination.
+//!
+//! Invariant: every query is parameterized; every write that touches a product keeps the denormalized
+//! `categories.product_count` exact in the same transaction; versions only grow, so a version names one
+//! state of a row. Callers never see an engine: adding MySQL/MariaDB means one more module behind
+//! [`connect`], not a change to any caller.
+//!
+//! Entry points: [`connect`] (returns a [`Store`]), [`CatalogStore`], [`Cursor`].
+
+mod cursor;
+mod engine;
+mod error;
+mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tenfold_catalog::{Category, NewCategory, NewProduct, Product, ProductId, ProductPatch};
+
+pub use cursor::Cursor;
+pub use engine::{connect, ConnectOptions, Engine};
+pub use error::StoreError;
+
+/// A shared handle to the catalog store; cheap to clone.
+pub type Store = Arc<dyn CatalogStore>;
+
+/// Largest page a list query returns.
+pub const MAX_PAGE: u32 = 100;
+
+/// A filtered, keyset-paginated product listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only products in this category.
+    pub category: Option<tenfold_catalog::CategorySlug>,
+    /// Only products whose name contains this text (case-insensitive for ASCII).
+    pub search: Option<String>,
+    /// Continue after this position.
+    pub after: Option<Cursor>,
+    /// Page size, 1..=[`MAX_PAGE`].
+    pub limit: u32,
+}
+
+/// One page of products and the cursor of the next page, if there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The products, in id order.
+    pub items: Vec<Product>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<Cursor>,
+}
+
+/// Whether the store can serve: the database answers and every migration is applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Applied migration versions.
+    pub applied: Vec<i64>,
+    /// Migration versions this binary knows.
+    pub expected: Vec<i64>,
+}
+
+impl Readiness {
+    /// True when the database schema is exactly what this binary expects.
+    pub fn migrations_current(&self) -> bool {
+        self.expected.iter().all(|v| self.applied.contains(v))
+    }
+}
+
+/// Connection-pool use, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// `read` or `write` (SQLite keeps one writer), or `primary`.
+    pub pool: &'static str,
+    /// Open connections.
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// Most connections the pool will open.
+    pub max: u32,
+}
+
+/// The catalog's persistence operations, the same on every engine.
+#[async_trait]
+pub trait CatalogStore: Send + Sync + 'static {
+    /// Which engine this is.
+    fn engine(&self) -> Engine;
+
+    /// Applies pending migrations; safe to run from several processes at once.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Pings the database and reports migration state.
+    async fn readiness(&self) -> Result<Readiness, StoreError>;
+
+    /// Pool use, for metrics.
+    fn pool_stats(&self) -> Vec<PoolStats>;
+
+    /// One product, or `None`.
+    async fn get_product(&self, id: ProductId) -> Result<Option<Product>, StoreError>;
+
+    /// A page of products.
+    async fn list_products(&self, query: &ListQuery) -> Result<Page, StoreError>;
+
+    /// Inserts a product. Errors: `Conflict` on a duplicate SKU, `UnknownCategory`.
+    async fn create_product(&self, product: &NewProduct) -> Result<Product, StoreError>;
+
+    /// Applies a patch. With `if_version`, only when the stored version equals it (else `VersionMismatch`).
+    async fn update_product(
+        &self,
+        id: ProductId,
+        patch: &ProductPatch,
+        if_version: Option<i64>,
+    ) -> Result<Product, StoreError>;
+
+    /// Deletes a product. With `if_version`, only when the stored version equals it.
+    async fn delete_product(
+        &self,
+        id: ProductId,
+        if_version: Option<i64>,
+    ) -> Result<(), StoreError>;
+
+    /// Every category, by slug.
+    async fn list_categories(&self) -> Result<Vec<Category>, StoreError>;
+
+    /// Inserts a category. Errors: `Conflict` on a duplicate slug.
+    async fn create_category(&self, category: &NewCategory) -> Result<Category, StoreError>;
+
+    /// Inserts categories that do not exist yet (for seeding); returns how many were new.
+    async fn ensure_categories(&self, categories: &[NewCategory]) -> Result<u64, StoreError>;
+
+    /// Inserts products whose SKU does not exist yet, in one statement (for seeding); returns how many
+    /// were new. Category counts are not touched: call [`CatalogStore::recount_categories`] afterwards.
+    async fn insert_products_if_absent(&self, products: &[NewProduct]) -> Result<u64, StoreError>;
+
+    /// Recomputes every category's product count from the products table.
+    async fn recount_categories(&self) -> Result<(), StoreError>;
+
+    /// Number of products.
+    async fn count_products(&self) -> Result<i64, StoreError>;
+
+    /// Closes the pools, waiting for connections in use to be returned.
+    async fn close(&self);
+}

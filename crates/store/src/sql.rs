@@ -1,0 +1,135 @@
+//! SQL text, written once with `?` placeholders and rewritten to `$n` for PostgreSQL.
+
+const COLS: &str = "id, sku, name, description, price_minor, currency, stock, category, created_at, updated_at, version";
+
+/// Every statement the catalog runs, in one engine's dialect.
+pub(crate) struct Sql {
+    pub(crate) get: String,
+    /// Indexed by `[has_category][has_search]`.
+    pub(crate) list: [[String; 2]; 2],
+    pub(crate) insert: String,
+    pub(crate) update: String,
+    pub(crate) delete: String,
+    pub(crate) version_of: String,
+    pub(crate) count_inc: String,
+    pub(crate) count_dec_for: String,
+    pub(crate) categories: String,
+    pub(crate) insert_category: String,
+    pub(crate) ensure_category: String,
+    pub(crate) recount: String,
+    pub(crate) count_products: String,
+    pub(crate) applied_migrations: String,
+    /// Prefix of the multi-row seed insert; rows are appended by a query builder.
+    pub(crate) bulk_insert_prefix: String,
+    pub(crate) bulk_insert_suffix: String,
+}
+
+impl Sql {
+    pub(crate) fn new(postgres: bool) -> Sql {
+        let like = if postgres { "ILIKE" } else { "LIKE" };
+        let p = |s: String| if postgres { dollar_params(&s) } else { s };
+        let list = |cat: bool, search: bool| {
+            let mut s = format!("SELECT {COLS} FROM products WHERE id > ?");
+            if cat {
+                s.push_str(" AND category = ?");
+            }
+            if search {
+                s.push_str(&format!(" AND name {like} ? ESCAPE '\\'"));
+            }
+            s.push_str(" ORDER BY id LIMIT ?");
+            p(s)
+        };
+        Sql {
+            get: p(format!("SELECT {COLS} FROM products WHERE id = ?")),
+            list: [[list(false, false), list(false, true)], [list(true, false), list(true, true)]],
+            insert: p(format!(
+                "INSERT INTO products (sku, name, description, price_minor, currency, stock, category, created_at, updated_at, version) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING {COLS}"
+            )),
+            update: p(format!(
+                "UPDATE products SET sku = COALESCE(?, sku), name = COALESCE(?, name), \
+                 description = COALESCE(?, description), price_minor = COALESCE(?, price_minor), \
+                 currency = COALESCE(?, currency), stock = COALESCE(?, stock), category = COALESCE(?, category), \
+                 updated_at = ?, version = version + 1 \
+                 WHERE id = ? AND version = COALESCE(?, version) RETURNING {COLS}"
+            )),
+            delete: p("DELETE FROM products WHERE id = ? AND version = COALESCE(?, version)".into()),
+            version_of: p("SELECT version FROM products WHERE id = ?".into()),
+            count_inc: p("UPDATE categories SET product_count = product_count + 1 WHERE slug = ?".into()),
+            count_dec_for: p(
+                "UPDATE categories SET product_count = product_count - 1 \
+                 WHERE slug = (SELECT category FROM products WHERE id = ? AND version = COALESCE(?, version))"
+                    .into(),
+            ),
+            categories: "SELECT slug, name, product_count FROM categories ORDER BY slug".into(),
+            insert_category: p(
+                "INSERT INTO categories (slug, name, product_count, created_at) VALUES (?, ?, 0, ?) \
+                 RETURNING slug, name, product_count"
+                    .into(),
+            ),
+            ensure_category: p(
+                "INSERT INTO categories (slug, name, product_count, created_at) VALUES (?, ?, 0, ?) \
+                 ON CONFLICT (slug) DO NOTHING"
+                    .into(),
+            ),
+            recount: "UPDATE categories SET product_count = \
+                      (SELECT count(*) FROM products WHERE products.category = categories.slug)"
+                .into(),
+            count_products: "SELECT count(*) FROM products".into(),
+            applied_migrations: "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version".into(),
+            bulk_insert_prefix: "INSERT INTO products (sku, name, description, price_minor, currency, stock, category, \
+                                 created_at, updated_at, version) "
+                .into(),
+            bulk_insert_suffix: " ON CONFLICT (sku) DO NOTHING".into(),
+        }
+    }
+}
+
+/// Rewrites `?` placeholders to `$1, $2, ...` (no statement here has a `?` inside a string literal).
+fn dollar_params(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Escapes `%`, `_` and `\` so user text matches literally inside a LIKE pattern.
+pub(crate) fn like_contains(text: &str) -> String {
+    let mut s = String::with_capacity(text.len() + 2);
+    s.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('%');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        assert_eq!(
+            dollar_params("a = ? AND b = COALESCE(?, b)"),
+            "a = $1 AND b = COALESCE($2, b)"
+        );
+        assert!(Sql::new(true).list[1][1].contains("ILIKE $3"));
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(like_contains("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    }
+}

@@ -1,0 +1,87 @@
+//! The command line, as clap definitions.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tenfold_config::{Config, ConfigError, LogFormat, Overrides};
+
+/// tenfold: a product-catalog web service stack built to scale tenfold and beyond.
+#[derive(Debug, Parser)]
+#[command(name = "tenfold", version, about, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: Global,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every command takes; they override the environment and the configuration file.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Configuration file (default: ./tenfold.toml if it exists).
+    #[arg(long, global = true, env = "TENFOLD_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Database URL: sqlite://path (default sqlite://data/tenfold.db) or postgres://user@host/db.
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) database_url: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    pub(crate) log_format: Option<LogFormatArg>,
+    /// Log filter, e.g. info or tenfold_app::access=debug,info.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub(crate) log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run one stateless catalog service instance; prints the address it bound on stdout.
+    App {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Fill the database with a deterministic demo catalog (safe to run twice).
+    Seed {
+        /// Number of products.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+        products: u64,
+        /// Random seed: the same seed gives the same catalog.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Print the effective configuration (secrets masked).
+    Config {
+        /// Address to listen on, as `app` would take it.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+}
+
+impl Cli {
+    /// Loads the layered configuration with this command line's flags on top.
+    pub(crate) fn load_config(&self) -> Result<Config, ConfigError> {
+        let listen = match &self.command {
+            Command::App { listen } | Command::Config { listen } => *listen,
+            _ => None,
+        };
+        let overrides = Overrides {
+            listen,
+            database_url: self.global.database_url.clone(),
+            log_format: self.global.log_format.map(|f| match f {
+                LogFormatArg::Text => LogFormat::Text,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+            log_level: self.global.log_level.clone(),
+        };
+        Config::load(self.global.config.as_deref(), &overrides)
+    }
+}

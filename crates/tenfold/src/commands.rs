@@ -1,0 +1,117 @@
+//! What each command does: wiring of the library crates, nothing more.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tenfold_config::{Config, LogConfig, LogFormat};
+use tenfold_store::{ConnectOptions, Store};
+
+use crate::cli::Command;
+
+pub(crate) fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+}
+
+async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store> {
+    let db = &config.database;
+    let opts = ConnectOptions {
+        url: db.url.expose_secret().to_owned(),
+        max_connections: db.max_connections,
+        acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
+    };
+    let shown = tenfold_config::mask_password(&opts.url);
+    let store = tenfold_store::connect(&opts)
+        .await
+        .with_context(|| format!("cannot open the database {shown}"))?;
+    if migrate {
+        store
+            .migrate()
+            .await
+            .with_context(|| format!("cannot migrate the database {shown}"))?;
+    }
+    Ok(store)
+}
+
+pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Config { .. } => {
+            print!("{}", config.to_masked_toml());
+            Ok(())
+        }
+        Command::Migrate => {
+            let store = open_store(&config, true).await?;
+            let r = store.readiness().await?;
+            println!("migrations applied: {:?}", r.applied);
+            store.close().await;
+            Ok(())
+        }
+        Command::Seed { products, seed } => {
+            let store = open_store(&config, true).await?;
+            let started = std::time::Instant::now();
+            let report = tenfold_seed::seed(&store, products, seed, true).await?;
+            store.close().await;
+            println!(
+                "seeded {} new products and {} new categories in {:.1}s; the catalog has {} products",
+                report.products_added,
+                report.categories_added,
+                started.elapsed().as_secs_f64(),
+                report.products_total
+            );
+            Ok(())
+        }
+        Command::App { .. } => {
+            let store = open_store(&config, config.database.auto_migrate).await?;
+            let listener = tokio::net::TcpListener::bind(config.http.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.http.listen))?;
+            let addr = listener.local_addr()?;
+            // One machine-readable line on stdout: the address bound. Logs go to stderr.
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{addr}")?;
+            out.flush()?;
+            drop(out);
+            tracing::info!(%addr, database = %tenfold_config::mask_password(config.database.url.expose_secret()), "serving");
+            let app = tenfold_app::App::new(store.clone(), config.http.clone());
+            app.serve(listener, shutdown_signal()).await?;
+            store.close().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,208 @@
+//! Test helpers shared by every crate's tests.
+//!
+//! Role: throwaway databases ([`TestDb`]: a SQLite file in a temporary directory, or a fresh PostgreSQL
+//! database on `TENFOLD_TEST_POSTGRES_URL` that is dropped afterwards), the service on port 0
+//! ([`spawn_app`]), and [`assert_eventually!`] for bounded waits.
+//!
+//! Invariant: nothing a test creates outlives it; tests never share a database.
+
+use std::time::Duration;
+
+use tenfold_store::{connect, ConnectOptions, Store};
+
+pub use tenfold_config::HttpConfig;
+
+pub use tenfold_app;
+
+/// A key long enough for the configuration's minimum, used by tests that write.
+pub const TEST_API_KEY: &str = "test-api-key-0123456789";
+
+/// The engines a store test should run on: always SQLite, and PostgreSQL when
+/// `TENFOLD_TEST_POSTGRES_URL` is set.
+pub fn engines() -> Vec<Engine> {
+    let mut v = vec![Engine::Sqlite];
+    if std::env::var("TENFOLD_TEST_POSTGRES_URL").is_ok_and(|u| !u.is_empty()) {
+        v.push(Engine::Postgres);
+    }
+    v
+}
+
+/// Which kind of throwaway database to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// A SQLite file in a temporary directory.
+    Sqlite,
+    /// A new database on the server `TENFOLD_TEST_POSTGRES_URL` names.
+    Postgres,
+}
+
+/// A throwaway database; dropped (file deleted, or `DROP DATABASE`) when this value is dropped.
+pub struct TestDb {
+    /// URL to give to the store or to `--database-url`.
+    pub url: String,
+    engine: Engine,
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<(String, String)>,
+}
+
+impl TestDb {
+    /// Makes an empty database on `engine`.
+    pub async fn new(engine: Engine) -> TestDb {
+        match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("tenfold.db").display());
+                TestDb {
+                    url,
+                    engine,
+                    _dir: Some(dir),
+                    pg: None,
+                }
+            }
+            Engine::Postgres => {
+                let admin =
+                    std::env::var("TENFOLD_TEST_POSTGRES_URL").expect("TENFOLD_TEST_POSTGRES_URL");
+                let name = format!("tenfold_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .expect("connect to TENFOLD_TEST_POSTGRES_URL");
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                    .await
+                    .expect("create test database");
+                let mut url = url::Url::parse(&admin).expect("postgres url");
+                url.set_path(&name);
+                TestDb {
+                    url: url.to_string(),
+                    engine,
+                    _dir: None,
+                    pg: Some((admin, name)),
+                }
+            }
+        }
+    }
+
+    /// The engine of this database.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Opens and migrates a store on this database.
+    pub async fn store(&self) -> Store {
+        let store = connect(&ConnectOptions::new(&self.url))
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            // Drop runs outside async context; a short-lived thread with its own runtime does the cleanup.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async move {
+                    if let Ok(mut conn) =
+                        <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await
+                    {
+                        let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::Executor::execute(&mut conn, sql.as_str()).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// Turns on log output for a test run when `TEST_LOG` is set.
+pub fn init_test_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Waits until `$cond` is true, checking every 10 ms, for at most `$timeout`; panics with `$msg` otherwise.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $timeout:expr, $($msg:tt)+) => {{
+        let deadline = ::std::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            if ::std::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            ::tokio::time::sleep(::std::time::Duration::from_millis(10)).await;
+        }
+    }};
+}
+
+/// A running in-process service on a random port.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The store the service uses.
+    pub store: Store,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// URL of a path on this service.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Stops the service, letting in-flight requests finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+/// Starts the service in-process on `127.0.0.1:0` over `db` with `settings` (the API key defaults to
+/// [`TEST_API_KEY`]).
+pub async fn spawn_app_with(db: &TestDb, mut settings: HttpConfig) -> TestApp {
+    init_test_log();
+    if settings.api_key.is_none() {
+        settings.api_key = Some(TEST_API_KEY.to_owned().into());
+    }
+    let store = db.store().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = tenfold_app::App::new(store.clone(), settings);
+    let task = tokio::spawn(async move {
+        let _ = app
+            .serve(listener, async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    TestApp {
+        base,
+        store,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// Starts the service with default settings over `db`.
+pub async fn spawn_app(db: &TestDb) -> TestApp {
+    spawn_app_with(db, HttpConfig::default()).await
+}
