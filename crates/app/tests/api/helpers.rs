@@ -1,0 +1,70 @@
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use tenfold_test_support::{TestApp, TEST_API_KEY};
+
+pub(crate) fn client() -> Client {
+    Client::builder().no_proxy().build().expect("client")
+}
+
+pub(crate) fn auth() -> String {
+    format!("Bearer {TEST_API_KEY}")
+}
+
+pub(crate) fn product_body(sku: &str, category: &str) -> Value {
+    json!({
+        "sku": sku,
+        "name": format!("Product {sku}"),
+        "description": "A test product.",
+        "price": {"amount_minor": 1999, "currency": "EUR"},
+        "stock": 10,
+        "category": category,
+    })
+}
+
+pub(crate) async fn create_category(app: &TestApp, slug: &str) {
+    let r = client()
+        .post(app.url("/api/categories"))
+        .header("authorization", auth())
+        .json(&json!({"slug": slug, "name": slug.to_uppercase()}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap_or_default()
+    );
+}
+
+pub(crate) async fn create_product(app: &TestApp, sku: &str, category: &str) -> Value {
+    let r = client()
+        .post(app.url("/api/products"))
+        .header("authorization", auth())
+        .json(&product_body(sku, category))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    r.json().await.expect("json")
+}
+
+/// Asserts a problem+json response with `status` and returns its body.
+pub(crate) async fn problem(r: Response, status: StatusCode) -> Value {
+    assert_eq!(r.status(), status);
+    let ct = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    assert_eq!(ct, "application/problem+json");
+    let body: Value = r.json().await.expect("problem json");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["title"].is_string() && body["type"].is_string());
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+    body
+}
