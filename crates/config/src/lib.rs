@@ -199,13 +199,20 @@ impl Config {
             Some(path) => fig = fig.merge(Toml::file_exact(path)),
             None => fig = fig.merge(Toml::file(PathBuf::from("tenfold.toml"))),
         }
-        let env = Env::prefixed("TENFOLD_").ignore(&["config"]).map(|key| {
-            let k = key.as_str().to_ascii_lowercase();
-            match ENV_ALIASES.iter().find(|(alias, _)| *alias == k) {
-                Some((_, path)) => (*path).into(),
-                None => k.replace("__", ".").into(),
-            }
-        });
+        // Only aliases and SECTION__KEY names are configuration; other TENFOLD_* variables (the test
+        // suite's TENFOLD_TEST_POSTGRES_URL, say) belong to someone else and are left alone.
+        let env = Env::prefixed("TENFOLD_")
+            .filter(|key| {
+                let k = key.as_str().to_ascii_lowercase();
+                k.contains("__") || ENV_ALIASES.iter().any(|(alias, _)| *alias == k)
+            })
+            .map(|key| {
+                let k = key.as_str().to_ascii_lowercase();
+                match ENV_ALIASES.iter().find(|(alias, _)| *alias == k) {
+                    Some((_, path)) => (*path).into(),
+                    None => k.replace("__", ".").into(),
+                }
+            });
         fig = fig.merge(env);
         if let Some(v) = o.listen {
             fig = fig.merge(Serialized::default("http.listen", v));
@@ -395,6 +402,18 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("listn"), "{e}");
+            jail.clear_env();
+            jail.create_file("tenfold.toml", "")?;
+            jail.set_env("TENFOLD_TEST_POSTGRES_URL", "postgres://elsewhere");
+            assert!(
+                load_in(jail, &Overrides::default()).is_ok(),
+                "unrelated TENFOLD_ variables are ignored"
+            );
+            jail.set_env("TENFOLD_HTTP__LISTN", "1");
+            assert!(
+                load_in(jail, &Overrides::default()).is_err(),
+                "a misspelt SECTION__KEY is an error"
+            );
             Ok(())
         });
     }
