@@ -1,5 +1,7 @@
 //! The store API on every engine: SQLite always, PostgreSQL when TENFOLD_TEST_POSTGRES_URL is set.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use tenfold_catalog::{
     CategorySlug, NewCategory, NewCategoryInput, NewProduct, NewProductInput, PriceInput,
     ProductId, ProductPatch, ProductPatchInput,

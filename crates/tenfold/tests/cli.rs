@@ -1,5 +1,8 @@
 //! The real binary, as a user runs it: exit codes, the printed address, graceful shutdown.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+#![allow(clippy::disallowed_methods)] // these tests drive real processes from plain threads
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -117,7 +120,8 @@ fn sigterm_finishes_in_flight_requests_then_exits_zero() {
 fn bad_configuration_exits_64_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.toml"), "[http]\nlisten_addr = \"x\"\n").unwrap();
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["app", "--listen", "nope"], vec![], "--listen"),
         (
             vec!["app"],

@@ -1,5 +1,7 @@
 //! HTTP tests of the catalog service over real sockets, on SQLite and (when configured) PostgreSQL.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod concurrency;
 mod errors;
 mod fuzz;

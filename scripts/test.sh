@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command of the README: every crate's tests, against SQLite and the local PostgreSQL.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export TENFOLD_TEST_POSTGRES_URL="${TENFOLD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+exec cargo test --workspace --locked "$@"
