@@ -42,7 +42,7 @@ mkdir -p "$out"
 } | tee "$out/machine.txt" >&2
 
 bench_log "seeding $PRODUCTS products into $work/tenfold.db"
-timeout --kill-after=5 600 "$bin" seed --products "$PRODUCTS" --database-url "$db_url" \
+timeout --foreground --kill-after=5 600 "$bin" seed --products "$PRODUCTS" --database-url "$db_url" \
     >"$out/seed.txt" 2>"$out/seed.stderr"
 cat "$out/seed.txt" >&2
 
@@ -69,7 +69,7 @@ run_wrk() { # run_wrk NAME URL [-s SCRIPT [-- SCRIPT ARGS...]]
     local cpu0 cpu1
     cpu0="$(bench_cpu_seconds "$APP_PID")"
     bench_log "wrk $name: -t$THREADS -c$CONNECTIONS -d$DURATION"
-    timeout --kill-after=5 "$wrk_timeout" \
+    timeout --foreground --kill-after=5 "$wrk_timeout" \
         wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 10s --latency "${pre[@]+"${pre[@]}"}" "$url" "${post[@]+"${post[@]}"}" \
         >"$out/$name.txt" 2>&1 || bench_die "wrk $name failed: $(cat "$out/$name.txt")"
     cpu1="$(bench_cpu_seconds "$APP_PID")"
@@ -85,6 +85,10 @@ hwm_kib="$(bench_status_kib "$APP_PID" VmHWM)"
 anon_kib="$(bench_status_kib "$APP_PID" RssAnon)"
 file_kib="$(bench_status_kib "$APP_PID" RssFile)"
 threads_after="$(bench_status_kib "$APP_PID" Threads)"
+# PSS divides each page among its mappings: SQLite's mmap of the same file by several pooled
+# connections counts once per connection in RSS but only once in PSS.
+pss_kib="$(awk '$1 == "Pss:" { print $2 }' "/proc/$APP_PID/smaps_rollup" 2>/dev/null || echo 0)"
+db_maps="$(awk '/^[0-9a-f]+-[0-9a-f]+ / { if ($6 ~ /tenfold\.db$/) n++ } END { print n + 0 }' "/proc/$APP_PID/maps")"
 
 bench_stop_pid "$APP_PID"
 
@@ -119,6 +123,8 @@ v_after="$(verdict "$after_mib" "<=" "$MAX_AFTER_MIB")"
     printf '%-28s %8s MiB   target <= %s MiB: %s\n' "RSS after load" "$after_mib" "$MAX_AFTER_MIB" "$v_after"
     printf '%-28s anon %s MiB + file-backed %s MiB; peak VmHWM %s MiB; %s threads\n' \
         "  RSS after, breakdown" "$(bench_mib "$anon_kib")" "$(bench_mib "$file_kib")" "$(bench_mib "$hwm_kib")" "$threads_after"
+    printf '%-28s PSS %s MiB; the database file (%s MiB) is mapped %s times\n' \
+        "  RSS after, shared pages" "$(bench_mib "$pss_kib")" "$(du -m "$work/tenfold.db" | cut -f1)" "$db_maps"
     echo
     echo "raw output: ${out#"$REPO_ROOT"/}"
 } | tee "$out/summary.txt"

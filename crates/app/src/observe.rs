@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -51,8 +51,23 @@ pub(crate) async fn observe(State(app): State<App>, mut req: Request, next: Next
     let start = Instant::now();
     let id = request_id(&req);
     req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
-    let method = req.method().clone();
-    let span = tracing::info_span!("request", request_id = ?id, method = %method, path = %req.uri().path());
+    // Only standard methods become label values, so odd requests cannot blow up metric cardinality.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or("-"),
+        method,
+        path = req.uri().path()
+    );
     let deadline = app.inner.request_timeout;
     let mut resp = REQUEST_ID
         .scope(id.clone(), async move {
@@ -77,7 +92,7 @@ pub(crate) async fn observe(State(app): State<App>, mut req: Request, next: Next
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
     let status = resp.status().as_u16();
-    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
+    metrics::counter!("http_requests_total", "route" => route.clone(), "method" => method, "status" => status.to_string())
         .increment(1);
     metrics::histogram!("http_request_duration_seconds", "route" => route)
         .record(elapsed.as_secs_f64());

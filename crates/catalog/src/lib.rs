@@ -13,8 +13,8 @@ mod validate;
 
 pub use currency::Currency;
 pub use product::{
-    Category, CategoryName, CategorySlug, Description, NewCategory, NewCategoryInput, NewProduct,
-    NewProductInput, Price, PriceInput, Product, ProductId, ProductName, ProductPatch,
+    Category, CategoryName, CategorySlug, Description, Money, NewCategory, NewCategoryInput,
+    NewProduct, NewProductInput, Price, Product, ProductId, ProductName, ProductPatch,
     ProductPatchInput, Sku, Stock, MAX_PRICE_MINOR, MAX_STOCK,
 };
 pub use validate::{FieldError, ValidationErrors};

@@ -196,10 +196,10 @@ impl Stock {
     }
 }
 
-/// A price as clients send and receive it.
+/// An amount of money as clients send and receive it: integer minor units and an ISO 4217 currency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct PriceInput {
+pub struct Money {
     /// Amount in the currency's minor unit (cents for EUR, yen for JPY).
     #[schema(minimum = 0, maximum = 100_000_000_000_000_i64, example = 1999)]
     pub amount_minor: i64,
@@ -220,7 +220,7 @@ pub struct Product {
     /// Free-text description.
     pub description: String,
     /// Price.
-    pub price: PriceInput,
+    pub price: Money,
     /// Units in stock.
     pub stock: i64,
     /// Slug of the product's category.
@@ -248,7 +248,7 @@ pub struct NewProductInput {
     #[schema(max_length = 5000)]
     pub description: String,
     /// Price.
-    pub price: PriceInput,
+    pub price: Money,
     /// Units in stock.
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
@@ -325,7 +325,7 @@ pub struct ProductPatchInput {
     #[schema(max_length = 5000)]
     pub description: Option<String>,
     /// New price (both parts).
-    pub price: Option<PriceInput>,
+    pub price: Option<Money>,
     /// New stock level.
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i64>,
@@ -446,7 +446,7 @@ mod tests {
             sku: "TF-1".into(),
             name: " Lamp ".into(),
             description: String::new(),
-            price: PriceInput {
+            price: Money {
                 amount_minor: 1999,
                 currency: "EUR".into(),
             },
@@ -467,7 +467,7 @@ mod tests {
         let mut i = input();
         i.sku = "bad sku".into();
         i.name = "  ".into();
-        i.price = PriceInput {
+        i.price = Money {
             amount_minor: -1,
             currency: "eur".into(),
         };

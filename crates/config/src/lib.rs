@@ -136,7 +136,6 @@ impl Default for LogConfig {
     }
 }
 
-
 /// Values given on the command line; `None` leaves the lower layers' value.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {

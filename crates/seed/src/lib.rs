@@ -11,8 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tenfold_catalog::{
-    CategoryName, CategorySlug, NewCategory, NewProduct, NewProductInput, PriceInput,
-    ValidationErrors,
+    CategoryName, CategorySlug, Money, NewCategory, NewProduct, NewProductInput, ValidationErrors,
 };
 use tenfold_store::{Store, StoreError};
 
@@ -306,7 +305,7 @@ pub fn generate(n: u64, seed: u64) -> Result<NewProduct, ValidationErrors> {
         sku: format!("TF-{n:08}"),
         name,
         description,
-        price: PriceInput {
+        price: Money {
             amount_minor: cents.max(49),
             currency: "EUR".into(),
         },

@@ -12,10 +12,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Database, Pool, Postgres, Sqlite};
-use tenfold_catalog::{
-    Category, NewCategory, NewProduct, PriceInput, Product, ProductId, ProductPatch,
-};
+use tenfold_catalog::{Category, Money, NewCategory, NewProduct, Product, ProductId, ProductPatch};
 
+use crate::fast::FastReads;
 use crate::sql::{like_contains, Sql};
 use crate::{
     CatalogStore, Cursor, ListQuery, Page, PoolStats, Readiness, Store, StoreError, MAX_PAGE,
@@ -88,8 +87,7 @@ async fn connect_sqlite(opts: &ConnectOptions) -> Result<SqlStore<Sqlite>, Store
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(5))
         .foreign_keys(true)
-        .pragma("temp_store", "memory")
-        .pragma("mmap_size", "268435456");
+        .pragma("temp_store", "memory");
     let file = base.get_filename().to_path_buf();
     let memory = file.as_os_str().is_empty() || file == Path::new(":memory:");
     if let Some(dir) = file
@@ -101,6 +99,7 @@ async fn connect_sqlite(opts: &ConnectOptions) -> Result<SqlStore<Sqlite>, Store
     }
     // SQLite allows one writer at a time; a single pooled writer turns lock contention into a queue.
     let writer = SqlitePoolOptions::new()
+        .test_before_acquire(false)
         .max_connections(1)
         .acquire_timeout(opts.acquire_timeout)
         .connect_with(base.clone())
@@ -115,6 +114,7 @@ async fn connect_sqlite(opts: &ConnectOptions) -> Result<SqlStore<Sqlite>, Store
             (cpus() * 2).clamp(2, 8)
         };
         SqlitePoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(n)
             .min_connections(1)
             .acquire_timeout(opts.acquire_timeout)
@@ -127,9 +127,11 @@ async fn connect_sqlite(opts: &ConnectOptions) -> Result<SqlStore<Sqlite>, Store
                 )
             })?
     };
+    let fast = (!memory).then(|| FastReads::new(file.clone(), (cpus() * 2) as usize));
     Ok(SqlStore {
         readers,
         writer,
+        fast,
         sql: Sql::new(false),
         migrator: &SQLITE_MIGRATIONS,
         engine: Engine::Sqlite,
@@ -145,7 +147,10 @@ async fn connect_postgres(opts: &ConnectOptions) -> Result<SqlStore<Postgres>, S
     } else {
         (cpus() * 4).clamp(4, 16)
     };
+    // No ping before each checkout: a broken connection fails its query, which is reported as
+    // unavailable (503 + Retry-After), and the pool replaces it.
     let pool = PgPoolOptions::new()
+        .test_before_acquire(false)
         .max_connections(n)
         .acquire_timeout(opts.acquire_timeout)
         .connect_with(conn)
@@ -154,6 +159,7 @@ async fn connect_postgres(opts: &ConnectOptions) -> Result<SqlStore<Postgres>, S
     Ok(SqlStore {
         readers: pool.clone(),
         writer: pool,
+        fast: None,
         sql: Sql::new(true),
         migrator: &POSTGRES_MIGRATIONS,
         engine: Engine::Postgres,
@@ -164,6 +170,8 @@ async fn connect_postgres(opts: &ConnectOptions) -> Result<SqlStore<Postgres>, S
 pub(crate) struct SqlStore<DB: Database> {
     readers: Pool<DB>,
     writer: Pool<DB>,
+    /// SQLite only: inline readers for index-bounded queries (see `fast.rs`).
+    fast: Option<FastReads>,
     sql: Sql,
     migrator: &'static Migrator,
     engine: Engine,
@@ -191,7 +199,7 @@ impl From<ProductRow> for Product {
             sku: r.sku,
             name: r.name,
             description: r.description,
-            price: PriceInput {
+            price: Money {
                 amount_minor: r.price_minor,
                 currency: r.currency,
             },
@@ -228,6 +236,18 @@ fn now() -> DateTime<Utc> {
 
 fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// A page from `limit + 1` rows: the extra row only says that there is a next page.
+fn page(mut rows: Vec<Product>, limit: u32) -> Page {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next = if more {
+        rows.last().map(|p| Cursor::after(p.id))
+    } else {
+        None
+    };
+    Page { items: rows, next }
 }
 
 fn pool_stats<DB: Database>(name: &'static str, pool: &Pool<DB>) -> PoolStats {
@@ -294,6 +314,13 @@ macro_rules! impl_catalog_store {
             }
 
             async fn get_product(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
+                if let Some(r) = self
+                    .fast
+                    .as_ref()
+                    .and_then(|f| f.get_product(&self.sql.get, id.get()))
+                {
+                    return Ok(r?);
+                }
                 let row = sqlx::query_as::<_, ProductRow>(&self.sql.get)
                     .bind(id.get())
                     .fetch_optional(&self.readers)
@@ -305,29 +332,28 @@ macro_rules! impl_catalog_store {
                 let limit = q.limit.clamp(1, MAX_PAGE);
                 let sql =
                     &self.sql.list[q.category.is_some() as usize][q.search.is_some() as usize];
-                let mut query = sqlx::query_as::<_, ProductRow>(sql)
-                    .bind(q.after.map(|c| c.after_id).unwrap_or(0));
+                let after_id = q.after.map(|c| c.after_id).unwrap_or(0);
+                let fetch = i64::from(limit) + 1;
+                // Without text search the query is an index range of at most `fetch` rows: fast path.
+                let fast = match (&self.fast, &q.search, &q.category) {
+                    (Some(f), None, Some(c)) => {
+                        f.list_products(sql, &[&after_id, &c.as_str(), &fetch])
+                    }
+                    (Some(f), None, None) => f.list_products(sql, &[&after_id, &fetch]),
+                    _ => None,
+                };
+                if let Some(rows) = fast {
+                    return Ok(page(rows?, limit));
+                }
+                let mut query = sqlx::query_as::<_, ProductRow>(sql).bind(after_id);
                 if let Some(c) = &q.category {
                     query = query.bind(c.as_str());
                 }
                 if let Some(s) = &q.search {
                     query = query.bind(like_contains(s));
                 }
-                let mut rows = query
-                    .bind(i64::from(limit) + 1)
-                    .fetch_all(&self.readers)
-                    .await?;
-                let more = rows.len() > limit as usize;
-                rows.truncate(limit as usize);
-                let next = if more {
-                    rows.last().map(|r| Cursor::after(r.id))
-                } else {
-                    None
-                };
-                Ok(Page {
-                    items: rows.into_iter().map(Product::from).collect(),
-                    next,
-                })
+                let rows = query.bind(fetch).fetch_all(&self.readers).await?;
+                Ok(page(rows.into_iter().map(Product::from).collect(), limit))
             }
 
             async fn create_product(&self, p: &NewProduct) -> Result<Product, StoreError> {
@@ -529,6 +555,9 @@ macro_rules! impl_catalog_store {
             }
 
             async fn close(&self) {
+                if let Some(f) = &self.fast {
+                    f.close();
+                }
                 self.readers.close().await;
                 self.writer.close().await;
             }

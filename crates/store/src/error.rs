@@ -18,7 +18,7 @@ pub enum StoreError {
     UnknownCategory(String),
     /// The database is unreachable, overloaded or timed out; worth retrying later.
     #[error("database unavailable: {0}")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The database could not be opened or migrated.
     #[error("{context}: {source}")]
     Setup {
@@ -30,7 +30,7 @@ pub enum StoreError {
     },
     /// Anything else: a bug or a broken database.
     #[error("database error: {0}")]
-    Other(#[source] sqlx::Error),
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -40,9 +40,21 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
-            sqlx::Error::Database(db) if is_busy(db.as_ref()) => StoreError::Unavailable(e),
-            _ => StoreError::Other(e),
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(Box::new(e)),
+            sqlx::Error::Database(db) if is_busy(db.as_ref()) => {
+                StoreError::Unavailable(Box::new(e))
+            }
+            _ => StoreError::Other(Box::new(e)),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        match e.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked) => StoreError::Unavailable(Box::new(e)),
+            _ => StoreError::Other(Box::new(e)),
         }
     }
 }

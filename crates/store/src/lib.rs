@@ -13,6 +13,7 @@
 mod cursor;
 mod engine;
 mod error;
+mod fast;
 mod sql;
 
 use std::sync::Arc;

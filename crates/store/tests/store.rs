@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use tenfold_catalog::{
-    CategorySlug, NewCategory, NewCategoryInput, NewProduct, NewProductInput, PriceInput,
-    ProductId, ProductPatch, ProductPatchInput,
+    CategorySlug, Money, NewCategory, NewCategoryInput, NewProduct, NewProductInput, ProductId,
+    ProductPatch, ProductPatchInput,
 };
 use tenfold_store::{Cursor, ListQuery, StoreError};
 use tenfold_test_support::{engines, TestDb};
@@ -22,7 +22,7 @@ fn product(sku: &str, cat: &str, name: &str) -> NewProduct {
         sku: sku.into(),
         name: name.into(),
         description: String::new(),
-        price: PriceInput {
+        price: Money {
             amount_minor: 100,
             currency: "EUR".into(),
         },

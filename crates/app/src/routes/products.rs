@@ -96,21 +96,23 @@ async fn expected_version(
             "the product has changed since you read it: fetch it again and retry".into(),
         )
     };
-    match if_match(headers)? {
-        IfMatch::Absent => Ok(None),
-        IfMatch::Versions(v) if v.is_empty() => Err(stale()),
-        IfMatch::Versions(v) if v.len() == 1 => Ok(Some(v[0])),
-        IfMatch::Any | IfMatch::Versions(_) => {
-            let current = app.store().get_product(id).await?;
-            match (current, if_match(headers)?) {
-                (None, _) => Err(ApiError::PreconditionFailed(format!(
-                    "product {} does not exist",
-                    id.get()
-                ))),
-                (Some(p), IfMatch::Versions(v)) if !v.contains(&p.version) => Err(stale()),
-                (Some(p), _) => Ok(Some(p.version)),
-            }
-        }
+    let wanted = match if_match(headers)? {
+        IfMatch::Absent => return Ok(None),
+        IfMatch::Versions(v) if v.is_empty() => return Err(stale()),
+        IfMatch::Versions(v) if v.len() == 1 => return Ok(Some(v[0])),
+        IfMatch::Versions(v) => Some(v),
+        IfMatch::Any => None,
+    };
+    // `*` or several tags: find the current version, check it is acceptable, then make the write
+    // conditional on exactly that version, so a change in between still fails with 412.
+    let current = app.store().get_product(id).await?;
+    match (current, wanted) {
+        (None, _) => Err(ApiError::PreconditionFailed(format!(
+            "product {} does not exist",
+            id.get()
+        ))),
+        (Some(p), Some(v)) if !v.contains(&p.version) => Err(stale()),
+        (Some(p), _) => Ok(Some(p.version)),
     }
 }
 
