@@ -234,8 +234,13 @@ fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-fn unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+/// A unique-constraint violation becomes a `Conflict` saying which value is taken; anything else passes.
+fn conflict_if_taken(e: sqlx::Error, what: &str, value: &str) -> StoreError {
+    if matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation()) {
+        StoreError::Conflict(format!("a {what} \"{value}\" already exists"))
+    } else {
+        e.into()
+    }
 }
 
 /// A page from `limit + 1` rows: the extra row only says that there is a next page.
@@ -378,16 +383,7 @@ macro_rules! impl_catalog_store {
                     .bind(t)
                     .fetch_one(&mut *tx)
                     .await
-                    .map_err(|e| {
-                        if unique_violation(&e) {
-                            StoreError::Conflict(format!(
-                                "a product with sku \"{}\" already exists",
-                                p.sku
-                            ))
-                        } else {
-                            e.into()
-                        }
-                    })?;
+                    .map_err(|e| conflict_if_taken(e, "product with sku", p.sku.as_str()))?;
                 tx.commit().await?;
                 Ok(row.into())
             }
@@ -429,14 +425,8 @@ macro_rules! impl_catalog_store {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(|e| {
-                        if unique_violation(&e) {
-                            let sku = patch.sku.as_ref().map(|s| s.as_str()).unwrap_or_default();
-                            StoreError::Conflict(format!(
-                                "a product with sku \"{sku}\" already exists"
-                            ))
-                        } else {
-                            e.into()
-                        }
+                        let sku = patch.sku.as_ref().map(|s| s.as_str()).unwrap_or_default();
+                        conflict_if_taken(e, "product with sku", sku)
                     })?;
                 match row {
                     Some(row) => {
@@ -490,16 +480,7 @@ macro_rules! impl_catalog_store {
                     .fetch_one(&self.writer)
                     .await
                     .map(Category::from)
-                    .map_err(|e| {
-                        if unique_violation(&e) {
-                            StoreError::Conflict(format!(
-                                "a category with slug \"{}\" already exists",
-                                c.slug
-                            ))
-                        } else {
-                            e.into()
-                        }
-                    })
+                    .map_err(|e| conflict_if_taken(e, "category with slug", c.slug.as_str()))
             }
 
             async fn ensure_categories(&self, cats: &[NewCategory]) -> Result<u64, StoreError> {

@@ -30,11 +30,10 @@ async fn pagination_neither_skips_nor_repeats_while_others_insert() {
                 }
             })
         };
-        let c = client();
         let mut seen = Vec::new();
         let mut url = app.url("/api/products?limit=7");
         loop {
-            let page: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+            let page: Value = get_json(&url).await;
             seen.extend(
                 page["items"]
                     .as_array()
@@ -108,23 +107,9 @@ async fn racing_patches_with_the_same_if_match_exactly_one_wins() {
             .filter(|s| **s == StatusCode::PRECONDITION_FAILED)
             .count();
         assert_eq!((wins, stale), (1, 19), "{engine:?}: {statuses:?}");
-        let now: Value = client()
-            .get(&url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let now: Value = get_json(&url).await;
         assert_eq!(now["version"], 2);
-        let cats: Value = client()
-            .get(app.url("/api/categories"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let cats: Value = get_json(app.url("/api/categories")).await;
         let total: i64 = cats["items"]
             .as_array()
             .unwrap()

@@ -226,14 +226,7 @@ async fn every_error_status_is_problem_json_with_a_clear_message() {
     problem(r, StatusCode::METHOD_NOT_ALLOWED).await;
 
     // Nothing above left a trace: the duplicate and failed writes changed nothing.
-    let cats: serde_json::Value = c
-        .get(app.url("/api/categories"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cats: serde_json::Value = get_json(app.url("/api/categories")).await;
     assert_eq!(cats["items"][0]["product_count"], 2);
     app.stop().await;
 }

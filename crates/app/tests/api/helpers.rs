@@ -6,6 +6,18 @@ pub(crate) fn client() -> Client {
     Client::builder().no_proxy().build().expect("client")
 }
 
+/// GETs a URL and parses the JSON body.
+pub(crate) async fn get_json(url: impl reqwest::IntoUrl) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub(crate) fn auth() -> String {
     format!("Bearer {TEST_API_KEY}")
 }

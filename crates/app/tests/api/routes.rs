@@ -63,14 +63,7 @@ async fn product_lifecycle_on_every_engine() {
             patched["name"], created["name"],
             "fields not in the patch are kept"
         );
-        let cats: Value = c
-            .get(app.url("/api/categories"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let cats: Value = get_json(app.url("/api/categories")).await;
         let count = |slug: &str| {
             cats["items"]
                 .as_array()
@@ -145,14 +138,7 @@ async fn product_lifecycle_on_every_engine() {
             StatusCode::NOT_FOUND,
         )
         .await;
-        let cats: Value = c
-            .get(app.url("/api/categories"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let cats: Value = get_json(app.url("/api/categories")).await;
         assert!(
             cats["items"]
                 .as_array()
@@ -194,7 +180,7 @@ async fn listing_filters_searches_and_paginates() {
         let mut url = app.url("/api/products?category=audio&limit=2");
         let mut seen = Vec::new();
         loop {
-            let page: Value = c.get(&url).send().await.unwrap().json().await.unwrap();
+            let page: Value = get_json(&url).await;
             for p in page["items"].as_array().unwrap() {
                 assert_eq!(p["category"], "audio");
                 seen.push(p["sku"].as_str().unwrap().to_owned());
@@ -209,14 +195,7 @@ async fn listing_filters_searches_and_paginates() {
             ["SKU-000", "SKU-005", "SKU-010", "SKU-015", "SKU-020"]
         );
         // Search is case-insensitive and treats % and _ literally.
-        let page: Value = c
-            .get(app.url("/api/products?q=BRASS%20100%25_"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(app.url("/api/products?q=BRASS%20100%25_")).await;
         let skus: Vec<_> = page["items"]
             .as_array()
             .unwrap()
@@ -224,40 +203,20 @@ async fn listing_filters_searches_and_paginates() {
             .map(|p| p["sku"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(skus, ["SKU-003", "SKU-013", "SKU-023"]);
-        let page: Value = c
-            .get(app.url("/api/products?q=%25"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(app.url("/api/products?q=%25")).await;
         assert_eq!(
             page["items"].as_array().unwrap().len(),
             3,
             "only names with a literal %"
         );
         // Default page size 20, no cursor on the last page.
-        let page: Value = c
-            .get(app.url("/api/products"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(app.url("/api/products")).await;
         assert_eq!(page["items"].as_array().unwrap().len(), 20);
-        let page: Value = c
-            .get(app.url(&format!(
-                "/api/products?cursor={}",
-                page["next_cursor"].as_str().unwrap()
-            )))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = get_json(app.url(&format!(
+            "/api/products?cursor={}",
+            page["next_cursor"].as_str().unwrap()
+        )))
+        .await;
         assert_eq!(page["items"].as_array().unwrap().len(), 5);
         assert!(page.get("next_cursor").is_none());
         // Bad parameters.
@@ -296,14 +255,7 @@ async fn operational_endpoints() {
     let c = client();
     let r = c.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r: Value = c
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r: Value = get_json(app.url("/readyz")).await;
     assert_eq!(r, json!({"status": "ready", "database": "sqlite"}));
     c.get(app.url("/api/products/1")).send().await.unwrap();
     let m = c
@@ -326,14 +278,7 @@ async fn operational_endpoints() {
         "{m}"
     );
     // The OpenAPI document describes every route.
-    let doc: Value = c
-        .get(app.url("/api/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = get_json(app.url("/api/openapi.json")).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/api/products",
