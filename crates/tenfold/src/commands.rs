@@ -22,6 +22,7 @@ pub(crate) fn init_logging(log: &LogConfig) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
     };
 }
