@@ -41,6 +41,168 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Logging settings.
     pub log: LogConfig,
+    /// Load balancer settings (`tenfold lb`).
+    pub lb: LbConfig,
+}
+
+/// One backend of the load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSpec {
+    /// `host:port` of an HTTP/1.1 server.
+    pub addr: SocketAddr,
+    /// Relative share of requests for weighted algorithms (1-1000).
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl std::str::FromStr for BackendSpec {
+    type Err = String;
+
+    /// `ADDR` or `ADDR=WEIGHT`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, weight) = match s.split_once('=') {
+            Some((a, w)) => (
+                a,
+                w.parse::<u32>()
+                    .map_err(|_| format!("\"{w}\" is not a weight (1-1000)"))?,
+            ),
+            None => (s, 1),
+        };
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("\"{addr}\" is not a socket address such as 127.0.0.1:9000"))?;
+        Ok(BackendSpec { addr, weight })
+    }
+}
+
+/// Active health checks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// Path requested; any 2xx or 3xx answer passes.
+    pub path: String,
+    /// Time between checks, in milliseconds.
+    pub interval_ms: u64,
+    /// A check slower than this fails, in milliseconds.
+    pub timeout_ms: u64,
+    /// Consecutive passes that bring a backend back.
+    pub rise: u32,
+    /// Consecutive failures that take a backend out.
+    pub fall: u32,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: "/healthz".into(),
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// Passive outlier ejection and slow start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierConfig {
+    /// Consecutive connect errors or 5xx answers that eject a backend.
+    pub consecutive_failures: u32,
+    /// First ejection time in milliseconds; the n-th ejection lasts n times this.
+    pub base_ejection_ms: u64,
+    /// Longest ejection, in milliseconds.
+    pub max_ejection_ms: u64,
+    /// At most this percentage of backends is ejected at once.
+    pub max_ejected_percent: u32,
+    /// A new or recovered backend ramps from 10% to full weight over this many milliseconds.
+    pub slow_start_ms: u64,
+}
+
+impl Default for OutlierConfig {
+    fn default() -> Self {
+        OutlierConfig {
+            consecutive_failures: 5,
+            base_ejection_ms: 5_000,
+            max_ejection_ms: 60_000,
+            max_ejected_percent: 50,
+            slow_start_ms: 10_000,
+        }
+    }
+}
+
+/// Settings of the load balancer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LbConfig {
+    /// Address the balancer listens on.
+    pub listen: SocketAddr,
+    /// Address of the admin API (list, add, remove, re-weight and drain backends; metrics).
+    pub admin_listen: SocketAddr,
+    /// Bearer token the admin API requires; the admin API is off when unset.
+    #[serde(serialize_with = "mask_opt")]
+    pub admin_token: Option<SecretString>,
+    /// `round-robin`, `weighted-round-robin`, `least-connections`, `consistent-hash`, `hash-header:NAME`
+    /// or `p2c-ewma`.
+    pub algorithm: String,
+    /// The backends (re-read on SIGHUP).
+    pub backends: Vec<BackendSpec>,
+    /// TCP connect timeout to a backend, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// How long a backend may take to send its response headers, in milliseconds.
+    pub response_timeout_ms: u64,
+    /// Idle pooled backend connections older than this are closed, in milliseconds.
+    pub pool_idle_timeout_ms: u64,
+    /// Idle connections kept per backend.
+    pub pool_max_idle: usize,
+    /// Deadline for a client to send its request headers, in milliseconds.
+    pub header_read_timeout_ms: u64,
+    /// Largest total size of a request's headers (431 above), in bytes.
+    pub header_limit_bytes: usize,
+    /// Largest request body (413 above), in bytes.
+    pub body_limit_bytes: u64,
+    /// Retries per request, to a different backend, for requests safe to repeat.
+    pub max_retries: u32,
+    /// Retries may add at most this percentage of extra load.
+    pub retry_budget_percent: u32,
+    /// Removing a backend waits this long for its in-flight requests, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// On shutdown, in-flight requests get this long, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// Active health checks.
+    pub health: HealthCheckConfig,
+    /// Passive outlier ejection and slow start.
+    pub outlier: OutlierConfig,
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_token: None,
+            algorithm: "round-robin".into(),
+            backends: Vec::new(),
+            connect_timeout_ms: 1_000,
+            response_timeout_ms: 30_000,
+            pool_idle_timeout_ms: 50_000,
+            pool_max_idle: 256,
+            header_read_timeout_ms: 5_000,
+            header_limit_bytes: 16 * 1024,
+            body_limit_bytes: 1024 * 1024 * 1024 * 4,
+            max_retries: 2,
+            retry_budget_percent: 20,
+            drain_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+            health: HealthCheckConfig::default(),
+            outlier: OutlierConfig::default(),
+        }
+    }
 }
 
 /// Settings of the HTTP service.
@@ -147,6 +309,14 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     /// `--log-level`.
     pub log_level: Option<String>,
+    /// `tenfold lb --listen`.
+    pub lb_listen: Option<SocketAddr>,
+    /// `tenfold lb --admin-listen`.
+    pub lb_admin_listen: Option<SocketAddr>,
+    /// `tenfold lb --algorithm`.
+    pub lb_algorithm: Option<String>,
+    /// `tenfold lb --backend` (replaces the configured list when given).
+    pub lb_backends: Option<Vec<BackendSpec>>,
 }
 
 /// Short environment names for the settings people set most; any key can also be set as
@@ -157,6 +327,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("listen", "http.listen"),
     ("log_format", "log.format"),
     ("log_level", "log.level"),
+    ("admin_token", "lb.admin_token"),
 ];
 
 impl Config {
@@ -216,6 +387,18 @@ impl Config {
         if let Some(v) = &o.log_level {
             fig = fig.merge(Serialized::default("log.level", v));
         }
+        if let Some(v) = o.lb_listen {
+            fig = fig.merge(Serialized::default("lb.listen", v));
+        }
+        if let Some(v) = o.lb_admin_listen {
+            fig = fig.merge(Serialized::default("lb.admin_listen", v));
+        }
+        if let Some(v) = &o.lb_algorithm {
+            fig = fig.merge(Serialized::default("lb.algorithm", v));
+        }
+        if let Some(v) = &o.lb_backends {
+            fig = fig.merge(Serialized::default("lb.backends", v));
+        }
         Ok(fig)
     }
 
@@ -261,6 +444,43 @@ impl Config {
         }
         if let Err(m) = DatabaseKind::of(self.database.url.expose_secret()) {
             return invalid("database.url", &m);
+        }
+        let lb = &self.lb;
+        for (field, v) in [
+            ("lb.connect_timeout_ms", lb.connect_timeout_ms),
+            ("lb.response_timeout_ms", lb.response_timeout_ms),
+            ("lb.pool_idle_timeout_ms", lb.pool_idle_timeout_ms),
+            ("lb.header_read_timeout_ms", lb.header_read_timeout_ms),
+            ("lb.drain_timeout_ms", lb.drain_timeout_ms),
+            ("lb.health.interval_ms", lb.health.interval_ms),
+            ("lb.health.timeout_ms", lb.health.timeout_ms),
+        ] {
+            if !(1..=3_600_000).contains(&v) {
+                return invalid(field, "must be between 1 ms and one hour");
+            }
+        }
+        if !(1024..=1024 * 1024).contains(&lb.header_limit_bytes) {
+            return invalid("lb.header_limit_bytes", "must be between 1 KiB and 1 MiB");
+        }
+        if lb.backends.iter().any(|b| !(1..=1000).contains(&b.weight)) {
+            return invalid("lb.backends", "weights must be between 1 and 1000");
+        }
+        if lb.retry_budget_percent > 100 || lb.outlier.max_ejected_percent > 100 {
+            return invalid(
+                "lb.retry_budget_percent",
+                "percentages must be between 0 and 100",
+            );
+        }
+        if lb.health.rise == 0 || lb.health.fall == 0 {
+            return invalid("lb.health", "rise and fall must be at least 1");
+        }
+        if !lb.health.path.starts_with('/') {
+            return invalid("lb.health.path", "must start with /");
+        }
+        if let Some(t) = &lb.admin_token {
+            if t.expose_secret().len() < 16 {
+                return invalid("lb.admin_token", "must be at least 16 characters");
+            }
         }
         if tracing_filter_ok(&self.log.level).is_err() {
             return invalid(

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tenfold_config::{Config, ConfigError, LogFormat, Overrides};
+use tenfold_config::{BackendSpec, Config, ConfigError, LogFormat, Overrides};
 
 /// tenfold: a product-catalog web service stack built to scale tenfold and beyond.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "tenfold", version, about, propagate_version = true)]
 pub(crate) struct Cli {
     #[command(flatten)]
@@ -17,7 +17,7 @@ pub(crate) struct Cli {
 }
 
 /// Flags every command takes; they override the environment and the configuration file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct Global {
     /// Configuration file (default: ./tenfold.toml if it exists).
     #[arg(long, global = true, env = "TENFOLD_CONFIG", value_name = "FILE")]
@@ -39,7 +39,7 @@ pub(crate) enum LogFormatArg {
     Json,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub(crate) enum Command {
     /// Run one stateless catalog service instance; prints the address it bound on stdout.
     App {
@@ -55,6 +55,21 @@ pub(crate) enum Command {
         /// Random seed: the same seed gives the same catalog.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Run the load balancer in front of HTTP/1.1 backends; prints its address (and the admin API's) on stdout.
+    Lb {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// A backend, `ADDR` or `ADDR=WEIGHT`; repeat for more (replaces the configured list).
+        #[arg(long = "backend", value_name = "ADDR[=WEIGHT]")]
+        backends: Vec<BackendSpec>,
+        /// round-robin, weighted-round-robin, least-connections, consistent-hash, hash-header:NAME, p2c-ewma.
+        #[arg(long, value_name = "NAME")]
+        algorithm: Option<String>,
+        /// Address of the admin API (needs TENFOLD_ADMIN_TOKEN).
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
     },
     /// Apply pending database migrations.
     Migrate,
@@ -73,7 +88,25 @@ impl Cli {
             Command::App { listen } | Command::Config { listen } => *listen,
             _ => None,
         };
+        let (lb_listen, lb_admin_listen, lb_algorithm, lb_backends) = match &self.command {
+            Command::Lb {
+                listen,
+                backends,
+                algorithm,
+                admin_listen,
+            } => (
+                *listen,
+                *admin_listen,
+                algorithm.clone(),
+                (!backends.is_empty()).then(|| backends.clone()),
+            ),
+            _ => (None, None, None, None),
+        };
         let overrides = Overrides {
+            lb_listen,
+            lb_admin_listen,
+            lb_algorithm,
+            lb_backends,
             listen,
             database_url: self.global.database_url.clone(),
             log_format: self.global.log_format.map(|f| match f {

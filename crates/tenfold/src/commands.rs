@@ -47,8 +47,13 @@ async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    command: Command,
+    config: Config,
+    reload: impl Fn() -> anyhow::Result<Config> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     match command {
+        Command::Lb { .. } => run_lb(config, reload).await,
         Command::Config { .. } => {
             print!("{}", config.to_masked_toml());
             Ok(())
@@ -93,6 +98,92 @@ pub(crate) async fn run(command: Command, config: Config) -> anyhow::Result<()> 
             Ok(())
         }
     }
+}
+
+async fn run_lb(
+    config: Config,
+    reload: impl Fn() -> anyhow::Result<Config> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let lb = tenfold_lb::Lb::new(&config.lb).map_err(|e| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind(config.lb.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.lb.listen))?;
+    let addr = listener.local_addr()?;
+    let admin = match &config.lb.admin_token {
+        Some(token) => {
+            let l = tokio::net::TcpListener::bind(config.lb.admin_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} for the admin API",
+                        config.lb.admin_listen
+                    )
+                })?;
+            Some((l, lb.admin_router(token.clone())))
+        }
+        None => {
+            tracing::warn!("admin API off: set TENFOLD_ADMIN_TOKEN to manage backends at runtime");
+            None
+        }
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{addr}")?;
+        if let Some((l, _)) = &admin {
+            writeln!(out, "{}", l.local_addr()?)?;
+        }
+        out.flush()?;
+    }
+    tracing::info!(%addr, algorithm = %config.lb.algorithm, backends = config.lb.backends.len(), "balancing");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let admin_task = admin.map(|(l, router)| {
+        let stop = stopped();
+        tokio::spawn(async move { axum::serve(l, router).with_graceful_shutdown(stop).await })
+    });
+    // SIGHUP re-reads the configuration and applies its backend list.
+    #[cfg(unix)]
+    {
+        let lb = lb.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match reload() {
+                    Ok(c) => match lb.set_backends(&c.lb.backends).await {
+                        Ok(()) => {
+                            tracing::info!(backends = c.lb.backends.len(), "configuration reloaded")
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reload failed; keeping the current backends")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reload failed; keeping the current backends")
+                    }
+                }
+            }
+        });
+    }
+    let serving = lb.serve(listener, stopped());
+    tokio::pin!(serving);
+    tokio::select! {
+        r = &mut serving => r?,
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(true);
+            serving.await?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -47,7 +47,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli.command, config)) {
+    let again = cli.clone();
+    let reload = move || again.load_config().map_err(anyhow::Error::from);
+    match runtime.block_on(commands::run(cli.command, config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tenfold: {e:#}");

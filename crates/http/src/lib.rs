@@ -1,0 +1,124 @@
+//! HTTP server plumbing shared by every tenfold server (the app and the load balancer).
+//!
+//! Role: the accept loop — HTTP/1.1 and h2c (prior knowledge) on one port, header-size and header-read
+//! limits, and a graceful drain on shutdown — plus the RFC 9457 problem document both servers emit.
+//!
+//! Invariant: a server stops accepting the moment its shutdown future resolves and gives in-flight
+//! requests at most the grace period. Entry points: [`serve`], [`ServerLimits`], [`problem_body`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+
+/// hyper refuses read buffers under 8 KiB; the header limit is enforced within that floor.
+const MIN_BUF: usize = 8 * 1024;
+
+/// Per-connection limits.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Largest total size of a request's headers; larger requests get 431.
+    pub header_limit_bytes: usize,
+    /// Deadline for a client to send a request's headers (slowloris protection).
+    pub header_read_timeout: Duration,
+    /// After shutdown begins, in-flight requests get this long.
+    pub shutdown_grace: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+/// Media type of RFC 9457 problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Serializes a minimal RFC 9457 problem document.
+pub fn problem_body(
+    status: u16,
+    kind: &str,
+    title: &str,
+    detail: &str,
+    request_id: Option<&str>,
+) -> Vec<u8> {
+    let mut v =
+        serde_json::json!({"type": kind, "title": title, "status": status, "detail": detail});
+    if let (Some(id), Some(o)) = (request_id, v.as_object_mut()) {
+        o.insert("request_id".into(), id.into());
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Serves connections from `listener` until `shutdown` resolves. `make_service` builds the service for
+/// each connection from the client's address.
+pub async fn serve<M, S, B>(
+    listener: tokio::net::TcpListener,
+    mut make_service: M,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: &ServerLimits,
+) -> std::io::Result<()>
+where
+    M: FnMut(SocketAddr) -> S,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.header_limit_bytes.max(MIN_BUF))
+        .max_headers(100)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.header_limit_bytes as u32)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer)).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!(
+        grace_ms = limits.shutdown_grace.as_millis() as u64,
+        "shutting down: draining in-flight requests"
+    );
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period expired with requests still in flight");
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The backend connection pool: one per backend, a LIFO stack of idle HTTP/1.1 connections behind a
+//! lock held only to push or pop.
+//!
+//! Why not hyper-util's legacy client: its pool has one lock for every host and races a new connect
+//! against the return of an idle connection (hyper #1584, #4134). Here a checkout takes an idle connection
+//! if one is ready and connects otherwise; a connection returns to its pool only when the response body
+//! it carried has been read to the end, so a pooled connection is always ready for the next request.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+
+/// Any error a body can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type sent to backends and to clients.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Pool settings, the same for every backend.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Idle connections kept per backend.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed instead of reused.
+    pub idle_timeout: Duration,
+    /// How long a TCP connect may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle: 256,
+            idle_timeout: Duration::from_secs(50),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connect failed (refused, unreachable, reset).
+    #[error("connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The TCP connect took too long.
+    #[error("connect timed out after {0} ms")]
+    Timeout(u128),
+    /// The HTTP handshake failed.
+    #[error("HTTP handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// A connection checked out of a pool.
+pub(crate) struct Conn {
+    pub(crate) sender: SendRequest<ProxyBody>,
+    /// True when it came from the idle stack (it may have been closed by the backend meanwhile).
+    pub(crate) reused: bool,
+}
+
+/// One backend's pool.
+#[derive(Debug)]
+pub struct Pool {
+    addr: SocketAddr,
+    cfg: PoolConfig,
+    idle: Mutex<Vec<(SendRequest<ProxyBody>, Instant)>>,
+}
+
+impl Pool {
+    /// An empty pool for `addr`.
+    pub fn new(addr: SocketAddr, cfg: PoolConfig) -> Pool {
+        Pool {
+            addr,
+            cfg,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Idle connections now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// The most recently returned ready connection, or a new one.
+    pub(crate) async fn checkout(&self) -> Result<Conn, ConnectError> {
+        loop {
+            let popped = self.idle.lock().ok().and_then(|mut v| v.pop());
+            match popped {
+                Some((sender, since)) => {
+                    if sender.is_ready() && since.elapsed() < self.cfg.idle_timeout {
+                        return Ok(Conn {
+                            sender,
+                            reused: true,
+                        });
+                    }
+                    // Closed by the backend or stale: drop it and look further.
+                }
+                None => break,
+            }
+        }
+        let stream = tokio::time::timeout(
+            self.cfg.connect_timeout,
+            tokio::net::TcpStream::connect(self.addr),
+        )
+        .await
+        .map_err(|_| ConnectError::Timeout(self.cfg.connect_timeout.as_millis()))??;
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "backend connection ended with an error");
+            }
+        });
+        Ok(Conn {
+            sender,
+            reused: false,
+        })
+    }
+
+    /// Returns a connection whose last response was read to the end.
+    pub(crate) fn checkin(&self, sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < self.cfg.max_idle {
+                idle.push((sender, Instant::now()));
+            }
+        }
+    }
+
+    /// Closes every idle connection.
+    pub(crate) fn clear(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+}
