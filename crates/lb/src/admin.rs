@@ -29,14 +29,23 @@ fn problem(status: StatusCode, detail: impl Into<String>) -> Response {
     r
 }
 
-impl IntoResponse for LbError {
+/// An admin request that cannot be done, rendered as problem+json.
+struct AdminError(StatusCode, String);
+
+impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        let status = match &self {
+        problem(self.0, self.1)
+    }
+}
+
+impl From<LbError> for AdminError {
+    fn from(e: LbError) -> Self {
+        let status = match &e {
             LbError::Exists(_) => StatusCode::CONFLICT,
             LbError::Unknown(_) => StatusCode::NOT_FOUND,
             LbError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
         };
-        problem(status, self.to_string())
+        AdminError(status, e.to_string())
     }
 }
 
@@ -64,31 +73,31 @@ fn listing(lb: &Lb) -> Json<Listing> {
     })
 }
 
-fn parse_addr(raw: &str) -> Result<SocketAddr, Response> {
+fn parse_addr(raw: &str) -> Result<SocketAddr, AdminError> {
     raw.parse().map_err(|_| {
-        problem(
+        AdminError(
             StatusCode::BAD_REQUEST,
             format!("\"{raw}\" is not a backend address such as 127.0.0.1:9000"),
         )
     })
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
     serde_json::from_slice(body).map_err(|e| {
-        problem(
+        AdminError(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("invalid body: {e}"),
         )
     })
 }
 
-fn check_weight(w: u32) -> Result<(), Response> {
+fn check_weight(w: u32) -> Result<(), AdminError> {
     if (1..=1000).contains(&w) {
         Ok(())
     } else {
-        Err(problem(
+        Err(AdminError(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "weight must be between 1 and 1000",
+            "weight must be between 1 and 1000".into(),
         ))
     }
 }
@@ -97,21 +106,22 @@ async fn list(State(lb): State<Lb>) -> Json<Listing> {
     listing(&lb)
 }
 
-async fn add(State(lb): State<Lb>, body: axum::body::Bytes) -> Result<Response, Response> {
+async fn add(State(lb): State<Lb>, body: axum::body::Bytes) -> Result<Response, AdminError> {
     let spec: BackendSpec = parse_json(&body)?;
     check_weight(spec.weight)?;
-    lb.add_backend(&spec).map_err(IntoResponse::into_response)?;
+    lb.add_backend(&spec).map_err(AdminError::from)?;
     Ok((StatusCode::CREATED, listing(&lb)).into_response())
 }
 
-async fn replace(State(lb): State<Lb>, body: axum::body::Bytes) -> Result<Json<Listing>, Response> {
+async fn replace(
+    State(lb): State<Lb>,
+    body: axum::body::Bytes,
+) -> Result<Json<Listing>, AdminError> {
     let specs: Vec<BackendSpec> = parse_json(&body)?;
     for s in &specs {
         check_weight(s.weight)?;
     }
-    lb.set_backends(&specs)
-        .await
-        .map_err(IntoResponse::into_response)?;
+    lb.set_backends(&specs).await.map_err(AdminError::from)?;
     Ok(listing(&lb))
 }
 
@@ -119,25 +129,22 @@ async fn change(
     State(lb): State<Lb>,
     Path(addr): Path<String>,
     body: axum::body::Bytes,
-) -> Result<Json<Listing>, Response> {
+) -> Result<Json<Listing>, AdminError> {
     let addr = parse_addr(&addr)?;
     let c: Change = parse_json(&body)?;
     if let Some(w) = c.weight {
         check_weight(w)?;
-        lb.set_weight(addr, w)
-            .map_err(IntoResponse::into_response)?;
+        lb.set_weight(addr, w).map_err(AdminError::from)?;
     }
     if c.drain == Some(true) {
-        lb.drain(addr).map_err(IntoResponse::into_response)?;
+        lb.drain(addr).map_err(AdminError::from)?;
     }
     Ok(listing(&lb))
 }
 
-async fn remove(State(lb): State<Lb>, Path(addr): Path<String>) -> Result<StatusCode, Response> {
+async fn remove(State(lb): State<Lb>, Path(addr): Path<String>) -> Result<StatusCode, AdminError> {
     let addr = parse_addr(&addr)?;
-    lb.remove_backend(addr)
-        .await
-        .map_err(IntoResponse::into_response)?;
+    lb.remove_backend(addr).await.map_err(AdminError::from)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

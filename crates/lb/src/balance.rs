@@ -131,7 +131,7 @@ impl Maglev {
 
     /// The table slot of a key.
     fn slot(key: &[u8]) -> usize {
-        (fnv1a(key, 0x6b65_79) % MAGLEV_SIZE as u64) as usize
+        (fnv1a(key, 0x006b_6579) % MAGLEV_SIZE as u64) as usize
     }
 }
 
@@ -394,7 +394,7 @@ mod tests {
             .collect();
         assert_eq!(owners, again);
         bs[0].drain();
-        for k in 0..200 {
+        for (k, &owner) in owners.iter().enumerate() {
             let now = p
                 .pick(
                     &bs,
@@ -404,8 +404,8 @@ mod tests {
                 )
                 .unwrap();
             assert_ne!(now, 0);
-            if owners[k] != 0 {
-                assert_eq!(now, owners[k], "only the drained backend's keys move");
+            if owner != 0 {
+                assert_eq!(now, owner, "only the drained backend's keys move");
             }
         }
     }
