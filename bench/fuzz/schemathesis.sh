@@ -17,7 +17,9 @@
 #     allow_header_conformance, use_after_free, ensure_resource_availability, ignored_auth, ...
 #   - every phase: examples, coverage, fuzzing and stateful (links inferred from Location headers);
 #   - positive and negative data (`--mode all`);
-#   - MAX_EXAMPLES test cases per operation (`-n`), one worker per core (WORKERS, default 2).
+#   - MAX_EXAMPLES test cases per operation (`-n`), WORKERS threads (default 1: with 2 workers, CPython
+#     3.11.7's ast.parse is not thread-safe (cpython#106905) and Hypothesis can die with "SystemError: AST
+#     constructor recursion depth mismatch", losing one operation's phase; one worker is as fast here).
 # Afterwards it summarises the NDJSON report (failures grouped by operation, check and status, with the
 # status codes seen) and scans the app log for panics and 5xx. Reports (NDJSON, JUnit, the console log,
 # the app log, summary.txt) stay in REPORT_DIR (default bench/results/schemathesis-<UTC time>/).
@@ -29,11 +31,12 @@
 # Exit status: Schemathesis's own (0 = no failure, 1 = failures found), or 3 when the app panicked,
 # answered with a 5xx, or died, even if Schemathesis did not flag it.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 MAX_EXAMPLES="${MAX_EXAMPLES:-4000}"
 SEED="${SEED:-1}"
-WORKERS="${WORKERS:-2}"
+WORKERS="${WORKERS:-1}"
 PRODUCTS="${PRODUCTS:-200}"
 [[ "$MAX_EXAMPLES" =~ ^[1-9][0-9]*$ ]] || bench_die "MAX_EXAMPLES must be a positive integer"
 TIMEOUT="${TIMEOUT:-$((300 + MAX_EXAMPLES / 10))}"
@@ -82,6 +85,7 @@ bench_log "app pid $APP_PID on $APP_ADDR; schemathesis $st_version, max examples
 curl -fsS --max-time 5 "$base/readyz" >/dev/null || bench_die "the app is not ready"
 curl -fsS --max-time 5 -o "$REPORT_DIR/openapi.json" "$base/api/openapi.json" || bench_die "no OpenAPI document"
 
+# shellcheck disable=SC2054 # the commas are Schemathesis's list syntax
 st_args=(
     run "$base/api/openapi.json"
     --header "Authorization: Bearer $API_KEY"
@@ -133,6 +137,7 @@ failures = collections.OrderedDict()
 statuses = collections.defaultdict(collections.Counter)
 undocumented = collections.Counter()
 responses = 0
+errors = []
 
 
 def body_text(body):
@@ -142,7 +147,11 @@ def body_text(body):
 
 
 for line in open(sys.argv[1], encoding="utf-8"):
-    fin = json.loads(line).get("ScenarioFinished")
+    event = json.loads(line)
+    if "NonFatalError" in event:
+        err = event["NonFatalError"]
+        errors.append(f"{err.get('label')} [{err.get('phase')}]: {err['value']['type']}: {err['value']['message'].splitlines()[0]}")
+    fin = event.get("ScenarioFinished")
     if not fin:
         continue
     rec = fin.get("recorder") or {}
@@ -182,6 +191,9 @@ print("status codes per documented operation:")
 for op in sorted(statuses):
     print(f"  {op}: " + ", ".join(f"{s}x{n}" for s, n in sorted(statuses[op].items())))
 print("  undocumented methods (unsupported_method probes): " + ", ".join(f"{s}x{n}" for s, n in sorted(undocumented.items())))
+print(f"\nschemathesis errors (tool or server-unavailable, not check failures): {len(errors)}")
+for e in errors:
+    print(f"- {e}")
 print(f"\nfailure groups: {len(failures)} (operation | check | title | response status: count [phases])")
 for (op, check, title, status), e in failures.items():
     print(f"- {op} | {check} | {title} | {status}: {e['count']} [{','.join(sorted(e['phases']))}]")
@@ -196,6 +208,14 @@ server_errors="$(grep -c 'request failed' "$REPORT_DIR/app.stderr" || true)"
     echo
     echo "schemathesis exit code: $st_rc"
     echo "app log: ${panics:-0} panic line(s), ${server_errors:-0} 5xx response(s) logged; app alive at the end: $([[ $app_alive == 1 ]] && echo yes || echo NO)"
+    if [[ "$app_alive" != 1 ]]; then
+        if grep -q 'shutting down' "$REPORT_DIR/app.stderr"; then
+            echo "the app shut down gracefully before the run ended: it got SIGTERM/SIGINT from outside this script"
+        else
+            echo "the app died without a graceful shutdown (crash or SIGKILL); last log lines:"
+            tail -n 5 "$REPORT_DIR/app.stderr"
+        fi
+    fi
 } >>"$REPORT_DIR/summary.txt"
 
 echo

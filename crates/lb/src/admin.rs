@@ -186,17 +186,18 @@ async fn auth(
     }
 }
 
-pub(crate) fn router(lb: Lb, token: SecretString) -> Router {
+pub(crate) fn router(lb: Lb, token: SecretString, extra: Router) -> Router {
     let token = std::sync::Arc::new(token);
-    Router::new()
+    let own = Router::new()
         .route("/backends", get(list).post(add).put(replace))
         .route(
             "/backends/{addr}",
             axum::routing::patch(change).delete(remove),
         )
         .route("/metrics", get(metrics))
+        .with_state(lb);
+    own.merge(extra)
         .layer(axum::middleware::from_fn_with_state(token, auth))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { problem(StatusCode::NOT_FOUND, "no such admin resource") })
-        .with_state(lb)
 }

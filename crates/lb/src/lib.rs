@@ -177,7 +177,16 @@ impl Lb {
 
     /// The admin API (list, add, remove, re-weight, drain; metrics), requiring `token` as a bearer token.
     pub fn admin_router(&self, token: secrecy::SecretString) -> axum::Router {
-        admin::router(self.clone(), token)
+        admin::router(self.clone(), token, axum::Router::new())
+    }
+
+    /// The admin API with `extra` routes (behind the same token), for a supervisor that adds its own.
+    pub fn admin_router_with(
+        &self,
+        token: secrecy::SecretString,
+        extra: axum::Router,
+    ) -> axum::Router {
+        admin::router(self.clone(), token, extra)
     }
 
     /// Adds a backend; it starts at 10% weight and warms up.

@@ -46,6 +46,44 @@ pub(crate) enum Command {
         /// Address to listen on (port 0 picks a free port).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Shut down gracefully when stdin closes (set by `tenfold up`, whose death closes the pipe).
+        #[arg(long, hide = true)]
+        exit_on_stdin_eof: bool,
+    },
+    /// Run the whole system on this machine: a load balancer in front of several app instances, seeded,
+    /// supervised and autoscaled. Ctrl-C stops everything.
+    Up {
+        /// Address of the load balancer.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Address of the admin API.
+        #[arg(long, value_name = "ADDR")]
+        admin_listen: Option<SocketAddr>,
+        /// App instances at start.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=64))]
+        instances: u16,
+        /// Fewest instances the autoscaler keeps (default: 2, or fewer when starting with fewer).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+        min: Option<u16>,
+        /// Most instances the autoscaler starts (default: twice the CPU count, at least 4).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+        max: Option<u16>,
+        /// Seed this many demo products into an empty database.
+        #[arg(long, default_value_t = 10_000)]
+        seed_products: u64,
+    },
+    /// Set the number of app instances of a running `tenfold up`: `tenfold scale app=N`.
+    Scale {
+        /// `app=N`.
+        #[arg(value_name = "app=N")]
+        spec: String,
+        #[command(flatten)]
+        admin: AdminTarget,
+    },
+    /// Replace every app instance of a running `tenfold up`, one at a time.
+    Restart {
+        #[command(flatten)]
+        admin: AdminTarget,
     },
     /// Fill the database with a deterministic demo catalog (safe to run twice).
     Seed {
@@ -81,11 +119,19 @@ pub(crate) enum Command {
     },
 }
 
+/// Where the admin API of a running `tenfold up` is (default: read from ./data/up.json).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct AdminTarget {
+    /// Admin API base URL, e.g. http://127.0.0.1:8081.
+    #[arg(long = "admin", value_name = "URL")]
+    pub(crate) url: Option<String>,
+}
+
 impl Cli {
     /// Loads the layered configuration with this command line's flags on top.
     pub(crate) fn load_config(&self) -> Result<Config, ConfigError> {
         let listen = match &self.command {
-            Command::App { listen } | Command::Config { listen } => *listen,
+            Command::App { listen, .. } | Command::Config { listen } => *listen,
             _ => None,
         };
         let (lb_listen, lb_admin_listen, lb_algorithm, lb_backends) = match &self.command {
@@ -100,6 +146,11 @@ impl Cli {
                 algorithm.clone(),
                 (!backends.is_empty()).then(|| backends.clone()),
             ),
+            Command::Up {
+                listen,
+                admin_listen,
+                ..
+            } => (*listen, *admin_listen, None, None),
             _ => (None, None, None, None),
         };
         let overrides = Overrides {

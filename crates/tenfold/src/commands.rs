@@ -27,7 +27,7 @@ pub(crate) fn init_logging(log: &LogConfig) {
     };
 }
 
-async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store> {
+pub(crate) async fn open_store(config: &Config, migrate: bool) -> anyhow::Result<Store> {
     let db = &config.database;
     let opts = ConnectOptions {
         url: db.url.expose_secret().to_owned(),
@@ -79,7 +79,18 @@ pub(crate) async fn run(
             );
             Ok(())
         }
-        Command::App { .. } => {
+        Command::Up {
+            instances,
+            min,
+            max,
+            seed_products,
+            ..
+        } => crate::up::run(config, instances, min, max, seed_products).await,
+        Command::Scale { spec, admin } => crate::up::scale(&spec, admin).await,
+        Command::Restart { admin } => crate::up::restart(admin).await,
+        Command::App {
+            exit_on_stdin_eof, ..
+        } => {
             let store = open_store(&config, config.database.auto_migrate).await?;
             let listener = tokio::net::TcpListener::bind(config.http.listen)
                 .await
@@ -92,7 +103,17 @@ pub(crate) async fn run(
             drop(out);
             tracing::info!(%addr, database = %tenfold_config::mask_password(config.database.url.expose_secret()), "serving");
             let app = tenfold_app::App::new(store.clone(), config.http.clone());
-            app.serve(listener, shutdown_signal()).await?;
+            let stop = async move {
+                if exit_on_stdin_eof {
+                    tokio::select! {
+                        _ = shutdown_signal() => {},
+                        _ = stdin_closed() => tracing::info!("supervisor gone (stdin closed): shutting down"),
+                    }
+                } else {
+                    shutdown_signal().await
+                }
+            };
+            app.serve(listener, stop).await?;
             store.close().await;
             tracing::info!("stopped");
             Ok(())
@@ -186,8 +207,20 @@ async fn run_lb(
     Ok(())
 }
 
+/// Resolves when stdin reaches end of file.
+async fn stdin_closed() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod up;
 
 use std::process::ExitCode;
 
@@ -9,6 +10,18 @@ use clap::Parser;
 
 /// Exit code for bad configuration or usage (sysexits EX_USAGE/EX_CONFIG family).
 const EXIT_CONFIG: u8 = 64;
+
+/// A command-line mistake found after parsing (exits 64 like other usage errors).
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -51,6 +64,10 @@ fn main() -> ExitCode {
     let reload = move || again.load_config().map_err(anyhow::Error::from);
     match runtime.block_on(commands::run(cli.command, config, reload)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<UsageError>() => {
+            eprintln!("tenfold: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             eprintln!("tenfold: {e:#}");
             ExitCode::FAILURE

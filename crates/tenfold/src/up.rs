@@ -1,0 +1,253 @@
+//! `tenfold up`, `tenfold scale` and `tenfold restart`: wiring of the store, the balancer and the supervisor.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tenfold_config::Config;
+use tenfold_up::{Supervisor, UpOptions};
+
+use crate::cli::AdminTarget;
+use crate::commands::{open_store, shutdown_signal};
+
+/// Where `tenfold up` leaves its addresses and tokens for `tenfold scale` and `tenfold restart`.
+const STATE_FILE: &str = "data/up.json";
+
+#[derive(Serialize, Deserialize)]
+struct UpState {
+    url: String,
+    admin: String,
+    admin_token: String,
+    pid: u32,
+}
+
+fn secret() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+pub(crate) async fn run(
+    mut config: Config,
+    instances: u16,
+    min: Option<u16>,
+    max: Option<u16>,
+    seed_products: u64,
+) -> anyhow::Result<()> {
+    // Migrate and seed once, before any instance starts, so instances never race on the schema.
+    let store = open_store(&config, true).await?;
+    if store.count_products().await? == 0 && seed_products > 0 {
+        let report = tenfold_seed::seed(&store, seed_products, 1, true).await?;
+        println!(
+            "seeded a demo catalog of {} products",
+            report.products_total
+        );
+    }
+    store.close().await;
+
+    let api_key = config
+        .http
+        .api_key
+        .clone()
+        .unwrap_or_else(|| SecretString::from(secret()));
+    let admin_token = config
+        .lb
+        .admin_token
+        .clone()
+        .unwrap_or_else(|| SecretString::from(secret()));
+    let mut env = vec![
+        (
+            "TENFOLD_DATABASE_URL".to_owned(),
+            config.database.url.expose_secret().to_owned(),
+        ),
+        (
+            "TENFOLD_API_KEY".to_owned(),
+            api_key.expose_secret().to_owned(),
+        ),
+        (
+            "TENFOLD_DATABASE__AUTO_MIGRATE".to_owned(),
+            "false".to_owned(),
+        ),
+        ("TENFOLD_LOG_LEVEL".to_owned(), config.log.level.clone()),
+        (
+            "TENFOLD_LOG_FORMAT".to_owned(),
+            format!("{:?}", config.log.format).to_lowercase(),
+        ),
+    ];
+    if let Some(c) = std::env::var_os("TENFOLD_CONFIG") {
+        env.push((
+            "TENFOLD_CONFIG".to_owned(),
+            c.to_string_lossy().into_owned(),
+        ));
+    }
+    // The balancer only sends traffic to instances whose database is reachable.
+    config.lb.health.path = "/readyz".into();
+    config.lb.backends.clear();
+    let lb = tenfold_lb::Lb::new(&config.lb).map_err(|e| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind(config.lb.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.lb.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.lb.admin_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the admin API",
+                config.lb.admin_listen
+            )
+        })?;
+    let (url, admin) = (
+        format!("http://{}", listener.local_addr()?),
+        format!("http://{}", admin_listener.local_addr()?),
+    );
+
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let n = usize::from(instances);
+    let opts = UpOptions {
+        exe: std::env::current_exe().context("cannot find the tenfold executable")?,
+        instances: n,
+        min: min.map(usize::from).unwrap_or(2.min(n)),
+        max: max.map(usize::from).unwrap_or((cpus * 2).max(4)).max(n),
+        env,
+        scale_up_above: 4.0,
+        scale_down_below: 0.5,
+        sample_every: Duration::from_secs(1),
+        cooldown: Duration::from_secs(10),
+        start_timeout: Duration::from_secs(30),
+        stop_grace: Duration::from_millis(config.http.shutdown_grace_ms + 2_000),
+    };
+    let sup = Supervisor::start(lb.clone(), opts).await?;
+    let state = UpState {
+        url: url.clone(),
+        admin: admin.clone(),
+        admin_token: admin_token.expose_secret().to_owned(),
+        pid: std::process::id(),
+    };
+    write_state(&state)?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "tenfold is up: {url} ({n} app instances, autoscaling)")?;
+        writeln!(out, "admin API:     {admin}")?;
+        writeln!(out, "admin token:   {}", admin_token.expose_secret())?;
+        writeln!(out, "api key:       {}", api_key.expose_secret())?;
+        writeln!(out, "try: curl {url}/api/products/1   |   tenfold scale app=4   |   Ctrl-C stops everything")?;
+        out.flush()?;
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let admin_router = lb.admin_router_with(admin_token, sup.admin_routes());
+    let admin_stop = stopped();
+    let admin_task = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_router)
+            .with_graceful_shutdown(admin_stop)
+            .await
+    });
+    let serving = lb.serve(listener, stopped());
+    tokio::pin!(serving);
+    tokio::select! {
+        r = &mut serving => r?,
+        _ = shutdown_signal() => {
+            tracing::info!("stopping: draining the balancer, then every instance");
+            let _ = stop_tx.send(true);
+            serving.await?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    sup.shutdown().await;
+    let _ = admin_task.await;
+    let _ = std::fs::remove_file(STATE_FILE);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn write_state(state: &UpState) -> anyhow::Result<()> {
+    let path = PathBuf::from(STATE_FILE);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(&serde_json::to_vec_pretty(state)?)?;
+    Ok(())
+}
+
+/// The admin URL and token: flags and TENFOLD_ADMIN_TOKEN first, else the state file of a local `tenfold up`.
+fn target(admin: &AdminTarget) -> anyhow::Result<(String, String)> {
+    let state: Option<UpState> = std::fs::read(STATE_FILE)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let url = admin
+        .url
+        .clone()
+        .or_else(|| state.as_ref().map(|s| s.admin.clone()))
+        .context("no running `tenfold up` found here (no data/up.json); pass --admin URL")?;
+    let token = std::env::var("TENFOLD_ADMIN_TOKEN")
+        .ok()
+        .or_else(|| state.map(|s| s.admin_token))
+        .context("no admin token: set TENFOLD_ADMIN_TOKEN")?;
+    Ok((url.trim_end_matches('/').to_owned(), token))
+}
+
+async fn admin_post(
+    admin: &AdminTarget,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let (url, token) = target(admin)?;
+    let resp = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(300))
+        .build()?
+        .post(format!("{url}{path}"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the admin API at {url}"))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!("{}", body["detail"].as_str().unwrap_or(status.as_str()));
+    }
+    Ok(body)
+}
+
+pub(crate) async fn scale(spec: &str, admin: AdminTarget) -> anyhow::Result<()> {
+    let n = spec
+        .strip_prefix("app=")
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| (1..=64).contains(n))
+        .ok_or_else(|| {
+            crate::UsageError(format!(
+                "expected app=N with N from 1 to 64, got \"{spec}\""
+            ))
+        })?;
+    let fleet = admin_post(&admin, "/scale", serde_json::json!({ "app": n })).await?;
+    println!(
+        "app instances: {}",
+        fleet["instances"].as_array().map(|a| a.len()).unwrap_or(0)
+    );
+    Ok(())
+}
+
+pub(crate) async fn restart(admin: AdminTarget) -> anyhow::Result<()> {
+    let fleet = admin_post(&admin, "/restart", serde_json::json!({})).await?;
+    println!(
+        "restarted; app instances: {}",
+        fleet["instances"].as_array().map(|a| a.len()).unwrap_or(0)
+    );
+    Ok(())
+}
