@@ -207,16 +207,18 @@ async fn run_lb(
     Ok(())
 }
 
-/// Resolves when stdin reaches end of file.
+/// Resolves when stdin reaches end of file. The read runs on a plain thread: a blocking read on
+/// tokio's stdin would keep the runtime from shutting down afterwards.
 async fn stdin_closed() {
-    use tokio::io::AsyncReadExt;
-    let mut stdin = tokio::io::stdin();
-    let mut buf = [0u8; 64];
-    while let Ok(n) = stdin.read(&mut buf).await {
-        if n == 0 {
-            return;
-        }
-    }
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
