@@ -150,13 +150,16 @@ pub(crate) async fn get_product(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Only products in this category (a slug).
+    #[param(nullable = false, pattern = "^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 64)]
     category: Option<String>,
-    /// Only products whose name contains this text (1-100 characters).
+    /// Only products whose name contains this text (at most 100 characters, no control characters).
+    #[param(nullable = false, max_length = 100, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     q: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// The `next_cursor` of the previous page (opaque).
+    #[param(nullable = false, pattern = "^[A-Za-z0-9_-]{1,64}$")]
     cursor: Option<String>,
     /// Page size, 1-100 (default 20).
-    #[param(minimum = 1, maximum = 100)]
+    #[param(nullable = false, minimum = 1, maximum = 100)]
     limit: Option<i64>,
 }
 
@@ -290,7 +293,7 @@ pub(crate) async fn create_product(
     tag = "products",
     params(
         ("id" = i64, Path, description = "Product id", minimum = 1),
-        ("If-Match" = Option<String>, Header, description = "ETag of the version the change is based on"),
+("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#, description = "ETag of the version the change is based on"),
     ),
     request_body(content = ProductPatchInput, content_type = "application/json"),
     security(("api_key" = [])),
@@ -330,7 +333,7 @@ pub(crate) async fn patch_product(
     tag = "products",
     params(
         ("id" = i64, Path, description = "Product id", minimum = 1),
-        ("If-Match" = Option<String>, Header, description = "ETag of the version to delete"),
+("If-Match" = Option<String>, Header, nullable = false, pattern = r#"^\s*(\*|(W/)?"[^"]*"(\s*,\s*(W/)?"[^"]*")*)\s*$"#, description = "ETag of the version to delete"),
     ),
     security(("api_key" = [])),
     responses(
