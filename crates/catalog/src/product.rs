@@ -241,11 +241,19 @@ pub struct NewProductInput {
     #[schema(example = "TF-0001", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub sku: String,
     /// Display name (1-200 characters, not blank, no control characters).
-    #[schema(example = "Walnut desk lamp", min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        example = "Walnut desk lamp",
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
     /// Description (at most 5,000 characters, no control characters but newline and tab).
     #[serde(default)]
-    #[schema(max_length = 5000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        max_length = 5000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub description: String,
     /// Price.
     pub price: Money,
@@ -253,7 +261,11 @@ pub struct NewProductInput {
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
     /// Slug of an existing category.
-    #[schema(example = "lighting", pattern = "^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 64)]
+    #[schema(
+        example = "lighting",
+        pattern = "^[a-z0-9]+(-[a-z0-9]+)*$",
+        max_length = 64
+    )]
     pub category: String,
 }
 
@@ -314,16 +326,24 @@ impl NewProduct {
 /// The body of `PATCH /api/products/{id}`: only the fields present change; at least one must be.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(min_properties = 1)]
 pub struct ProductPatchInput {
     /// New SKU.
     #[schema(nullable = false, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
     pub sku: Option<String>,
     /// New name.
-    #[schema(nullable = false, min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub name: Option<String>,
     /// New description.
-    #[schema(nullable = false, max_length = 5000, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        nullable = false,
+        max_length = 5000,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub description: Option<String>,
     /// New price (both parts).
     #[schema(nullable = false)]
@@ -332,7 +352,11 @@ pub struct ProductPatchInput {
     #[schema(nullable = false, minimum = 0, maximum = 1_000_000_000)]
     pub stock: Option<i64>,
     /// New category slug.
-    #[schema(nullable = false, pattern = "^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 64)]
+    #[schema(
+        nullable = false,
+        pattern = "^[a-z0-9]+(-[a-z0-9]+)*$",
+        max_length = 64
+    )]
     pub category: Option<String>,
 }
 
@@ -413,7 +437,12 @@ pub struct NewCategoryInput {
     )]
     pub slug: String,
     /// Display name.
-    #[schema(example = "Lighting", min_length = 1, max_length = 100, pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$")]
+    #[schema(
+        example = "Lighting",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$"
+    )]
     pub name: String,
 }
 

@@ -150,10 +150,18 @@ pub(crate) async fn get_product(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
     /// Only products in this category (a slug).
-    #[param(nullable = false, pattern = "^[a-z0-9]+(-[a-z0-9]+)*$", max_length = 64)]
+    #[param(
+        nullable = false,
+        pattern = "^[a-z0-9]+(-[a-z0-9]+)*$",
+        max_length = 64
+    )]
     category: Option<String>,
     /// Only products whose name contains this text (at most 100 characters, no control characters).
-    #[param(nullable = false, max_length = 100, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[param(
+        nullable = false,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     q: Option<String>,
     /// The `next_cursor` of the previous page (opaque).
     #[param(nullable = false, pattern = "^[A-Za-z0-9_-]{1,64}$")]
