@@ -24,8 +24,9 @@
 #
 # Before each measurement the script waits (up to 10 min) until no rustc/cargo runs, and a sampler
 # records whether one started during a measurement anyway; a wrk phase that a compile overlapped is
-# repeated, up to MAX_TRIES (default 3) times in all, and the table shows any overlap that remained. Everything binds to 127.0.0.1, every step
-# is bounded with timeout, and on exit only the processes this script started are stopped.
+# repeated, up to MAX_TRIES (default 3) times in all, and the table shows any overlap that remained.
+# Everything binds to 127.0.0.1, every step is bounded with timeout, and on exit only the processes
+# this script started are stopped.
 # nginx, haproxy and wrk are installed with apt-get if missing (service start-up suppressed with
 # policy-rc.d; a service the package started anyway is stopped). Raw output: bench/results/.
 set -euo pipefail

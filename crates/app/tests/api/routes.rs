@@ -293,6 +293,13 @@ async fn operational_endpoints() {
     }
     assert!(doc["paths"]["/api/products/{id}"]["patch"]["responses"]["412"].is_object());
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    assert_eq!(
+        doc["components"]["schemas"]["ProductPatchInput"]["minProperties"],
+        1
+    );
+    assert!(doc["components"]["schemas"]["ProductPatchInput"]
+        .get("maxProperties")
+        .is_none());
     app.stop().await;
 }
 
