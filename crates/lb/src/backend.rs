@@ -317,3 +317,53 @@ impl Drop for InFlight {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{Pool, PoolConfig};
+
+    fn backend() -> Backend {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Backend::new(addr, 10, Pool::new(addr, PoolConfig::default()))
+    }
+
+    #[test]
+    fn slow_start_ramps_from_a_tenth_to_full_weight() {
+        let b = backend();
+        let window = Duration::from_millis(200);
+        let w0 = b.effective_weight(window);
+        assert!((1.0..2.0).contains(&w0), "{w0}");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(b.effective_weight(window), 10.0);
+        assert_eq!(b.effective_weight(Duration::ZERO), 10.0);
+    }
+
+    #[test]
+    fn ejections_grow_and_are_capped() {
+        let b = backend();
+        let cfg = OutlierConfig {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(5),
+            max_ejection: Duration::from_secs(12),
+            ..OutlierConfig::default()
+        };
+        assert!(!b.observe_failure(Duration::ZERO, &cfg));
+        assert!(!b.observe_failure(Duration::ZERO, &cfg));
+        assert!(
+            b.observe_failure(Duration::ZERO, &cfg),
+            "the third consecutive failure ejects"
+        );
+        assert_eq!(b.eject(&cfg), Duration::from_secs(5));
+        assert!(b.is_ejected() && !b.available());
+        assert_eq!(b.eject(&cfg), Duration::from_secs(10));
+        assert_eq!(b.eject(&cfg), Duration::from_secs(12), "capped");
+        let fresh = backend();
+        fresh.observe_failure(Duration::ZERO, &cfg);
+        fresh.observe_success(Duration::from_millis(1));
+        assert!(
+            !fresh.observe_failure(Duration::ZERO, &cfg),
+            "a success resets the streak"
+        );
+    }
+}

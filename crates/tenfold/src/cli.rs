@@ -71,6 +71,15 @@ pub(crate) enum Command {
         /// Seed this many demo products into an empty database.
         #[arg(long, default_value_t = 10_000)]
         seed_products: u64,
+        /// Scale up when smoothed in-flight requests per instance exceed this.
+        #[arg(long, default_value_t = 4.0)]
+        scale_up_above: f64,
+        /// Scale down when they fall below this.
+        #[arg(long, default_value_t = 0.5)]
+        scale_down_below: f64,
+        /// At most one scaling decision per this many milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        cooldown_ms: u64,
     },
     /// Set the number of app instances of a running `tenfold up`: `tenfold scale app=N`.
     Scale {

@@ -84,8 +84,21 @@ pub(crate) async fn run(
             min,
             max,
             seed_products,
+            scale_up_above,
+            scale_down_below,
+            cooldown_ms,
             ..
-        } => crate::up::run(config, instances, min, max, seed_products).await,
+        } => {
+            let scaling = crate::up::Scaling {
+                instances,
+                min,
+                max,
+                up_above: scale_up_above,
+                down_below: scale_down_below,
+                cooldown_ms,
+            };
+            crate::up::run(config, scaling, seed_products).await
+        }
         Command::Scale { spec, admin } => crate::up::scale(&spec, admin).await,
         Command::Restart { admin } => crate::up::restart(admin).await,
         Command::App {

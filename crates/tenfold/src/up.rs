@@ -28,13 +28,27 @@ fn secret() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
+/// The scaling flags of `tenfold up`.
+pub(crate) struct Scaling {
+    pub(crate) instances: u16,
+    pub(crate) min: Option<u16>,
+    pub(crate) max: Option<u16>,
+    pub(crate) up_above: f64,
+    pub(crate) down_below: f64,
+    pub(crate) cooldown_ms: u64,
+}
+
 pub(crate) async fn run(
     mut config: Config,
-    instances: u16,
-    min: Option<u16>,
-    max: Option<u16>,
+    scaling: Scaling,
     seed_products: u64,
 ) -> anyhow::Result<()> {
+    if !(scaling.down_below >= 0.0 && scaling.up_above > scaling.down_below) {
+        return Err(crate::UsageError(
+            "--scale-up-above must be greater than --scale-down-below (>= 0)".into(),
+        )
+        .into());
+    }
     // Migrate and seed once, before any instance starts, so instances never race on the schema.
     let store = open_store(&config, true).await?;
     if store.count_products().await? == 0 && seed_products > 0 {
@@ -104,17 +118,22 @@ pub(crate) async fn run(
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    let n = usize::from(instances);
+    let n = usize::from(scaling.instances);
     let opts = UpOptions {
         exe: std::env::current_exe().context("cannot find the tenfold executable")?,
         instances: n,
-        min: min.map(usize::from).unwrap_or(2.min(n)),
-        max: max.map(usize::from).unwrap_or((cpus * 2).max(4)).max(n),
+        min: scaling.min.map(usize::from).unwrap_or(2.min(n)),
+        max: scaling
+            .max
+            .map(usize::from)
+            .unwrap_or((cpus * 2).max(4))
+            .max(n),
         env,
-        scale_up_above: 4.0,
-        scale_down_below: 0.5,
-        sample_every: Duration::from_secs(1),
-        cooldown: Duration::from_secs(10),
+        scale_up_above: scaling.up_above,
+        scale_down_below: scaling.down_below,
+        sample_every: Duration::from_millis(250.min(scaling.cooldown_ms.max(50)))
+            .max(Duration::from_millis(50)),
+        cooldown: Duration::from_millis(scaling.cooldown_ms),
         start_timeout: Duration::from_secs(30),
         stop_grace: Duration::from_millis(config.http.shutdown_grace_ms + 2_000),
     };

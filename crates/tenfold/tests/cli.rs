@@ -248,3 +248,174 @@ async fn app_runs_on_postgres_when_configured() {
             .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Starts `tenfold lb` with an admin API; returns the child, its address and the admin address.
+fn start_lb(dir: &std::path::Path, args: &[&str]) -> (Child, String, String) {
+    let mut child = tenfold(dir)
+        .args([
+            "lb",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env("TENFOLD_ADMIN_TOKEN", "admin-token-0123456789")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn tenfold lb");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut lb, mut admin) = (String::new(), String::new());
+    out.read_line(&mut lb).unwrap();
+    out.read_line(&mut admin).unwrap();
+    (child, lb.trim().to_owned(), admin.trim().to_owned())
+}
+
+fn admin_backends(admin: &str) -> Vec<String> {
+    let resp = http(admin, "GET /backends HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer admin-token-0123456789\r\nConnection: close\r\n\r\n");
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["backends"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| b["addr"].as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sighup_reloads_the_backend_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, addr_a) = start_app(dir.path(), "sqlite://a.db");
+    let (mut b, addr_b) = start_app(dir.path(), "sqlite://b.db");
+    std::fs::write(
+        dir.path().join("tenfold.toml"),
+        format!("[lb]\nbackends = [{{ addr = \"{addr_a}\" }}]\n"),
+    )
+    .unwrap();
+    let (mut lb, lb_addr, admin) = start_lb(dir.path(), &[]);
+    assert_eq!(admin_backends(&admin), vec![addr_a.clone()]);
+    assert!(http(
+        &lb_addr,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .starts_with("HTTP/1.1 200"));
+    std::fs::write(
+        dir.path().join("tenfold.toml"),
+        format!("[lb]\nbackends = [{{ addr = \"{addr_b}\", weight = 2 }}]\n"),
+    )
+    .unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &lb.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while admin_backends(&admin) != [addr_b.clone()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reload did not apply: {:?}",
+            admin_backends(&admin)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A broken file on reload keeps the current backends.
+    std::fs::write(
+        dir.path().join("tenfold.toml"),
+        "[lb]\nbackends = \"nope\"\n",
+    )
+    .unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &lb.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(admin_backends(&admin), vec![addr_b.clone()]);
+    for c in [&lb, &a, &b] {
+        sigterm(c);
+    }
+    for c in [&mut lb, &mut a, &mut b] {
+        assert_eq!(wait_exit(c, Duration::from_secs(15)).code(), Some(0));
+    }
+}
+
+/// A backend that reads request bodies to the end and answers with the byte count.
+async fn byte_sink() -> String {
+    use futures::StreamExt;
+    let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/upload",
+            axum::routing::post(|body: axum::body::Body| async move {
+                let mut n = 0usize;
+                let mut s = body.into_data_stream();
+                while let Some(Ok(chunk)) = s.next().await {
+                    n += chunk.len();
+                }
+                n.to_string()
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_streams_through_the_balancer_in_constant_memory() {
+    // CI sends 256 MiB; `TENFOLD_UPLOAD_MIB=1024 cargo test -p tenfold --test cli large_upload` is the full 1 GiB run.
+    let mib: usize = std::env::var("TENFOLD_UPLOAD_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let sink = byte_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let (mut lb, lb_addr, _admin) =
+        tokio::task::spawn_blocking(move || start_lb(&d, &["--backend", &sink]))
+            .await
+            .unwrap();
+    let before = peak_rss_kib(lb.id());
+    let chunks =
+        futures::stream::iter((0..mib).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 1 << 20])));
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("http://{lb_addr}/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        (mib << 20).to_string(),
+        "every byte arrived"
+    );
+    let after = peak_rss_kib(lb.id());
+    assert!(
+        after < before + 32 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB for a {mib} MiB upload"
+    );
+    sigterm(&lb);
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut lb, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -22,6 +22,10 @@ struct Up {
 }
 
 fn start_up() -> Up {
+    start_up_with(&["--instances", "3"])
+}
+
+fn start_up_with(extra: &[&str]) -> Up {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .current_dir(dir.path())
@@ -31,11 +35,10 @@ fn start_up() -> Up {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
-            "--instances",
-            "3",
             "--seed-products",
             "300",
         ])
+        .args(extra)
         .env_remove("TENFOLD_API_KEY")
         .env_remove("TENFOLD_ADMIN_TOKEN")
         .env_remove("TENFOLD_DATABASE_URL")
@@ -110,9 +113,17 @@ async fn wait_for_instances(up: &Up, n: usize) -> Value {
 
 /// GET loops against the balancer until `stop`; returns (ok, failures).
 fn load(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    load_with(url, stop, 4)
+}
+
+fn load_with(
+    url: String,
+    stop: Arc<AtomicBool>,
+    workers: usize,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
     tokio::spawn(async move {
         let mut tasks = Vec::new();
-        for w in 0..4 {
+        for w in 0..workers {
             let (url, stop) = (url.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let c = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -262,4 +273,50 @@ async fn instances_exit_when_the_supervisor_is_killed() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_follows_the_load_and_says_why() {
+    let up = start_up_with(&[
+        "--instances",
+        "1",
+        "--min",
+        "1",
+        "--max",
+        "2",
+        "--scale-up-above",
+        "1",
+        "--scale-down-below",
+        "0.2",
+        "--cooldown-ms",
+        "300",
+    ]);
+    wait_for_instances(&up, 1).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load_with(up.url.clone(), stop.clone(), 24);
+    let grown = wait_for_instances(&up, 2).await;
+    assert_eq!(grown["target"], 2);
+    stop.store(true, Ordering::SeqCst);
+    let (_, failed) = running.await.unwrap();
+    assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
+    // Idle again: back to the minimum.
+    wait_for_instances(&up, 1).await;
+    let m = reqwest::Client::new()
+        .get(format!("{}/metrics", up.admin))
+        .bearer_auth(&up.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for dir in ["up", "down"] {
+        assert!(
+            m.contains(&format!(
+                "up_scale_events_total{{direction=\"{dir}\",reason=\"autoscale\"}}"
+            )),
+            "{m}"
+        );
+    }
+    assert!(m.contains("up_load_per_instance"), "{m}");
 }

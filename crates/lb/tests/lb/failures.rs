@@ -347,3 +347,139 @@ async fn bad_input_gets_4xx_and_the_balancer_keeps_serving() {
     assert!(n == 0 || text.starts_with("HTTP/1.1 400"), "{text}");
     assert_eq!(who(&c, &lb.url("/x")).await, "a");
 }
+
+#[tokio::test]
+async fn the_admin_api_manages_membership_behind_its_token() {
+    let a = TestBackend::start("a").await;
+    let b = TestBackend::start("b").await;
+    let lb = TestLb::start(config("round-robin"), &[&a]).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("http://{}", listener.local_addr().unwrap());
+    let router = lb.lb.admin_router(secrecy::SecretString::from(
+        "admin-token-0123456789".to_owned(),
+    ));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let c = client();
+    let tok = "Bearer admin-token-0123456789";
+    assert_eq!(
+        c.get(format!("{admin}/backends"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(format!("{admin}/backends"))
+            .header("authorization", "Bearer nope")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = c
+        .post(format!("{admin}/backends"))
+        .header("authorization", tok)
+        .body(format!(r#"{{"addr":"{}","weight":3}}"#, b.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .post(format!("{admin}/backends"))
+        .header("authorization", tok)
+        .body(format!(r#"{{"addr":"{}"}}"#, b.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = c
+        .post(format!("{admin}/backends"))
+        .header("authorization", tok)
+        .body("{\"addr\":\"nope\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let list: serde_json::Value = c
+        .get(format!("{admin}/backends"))
+        .header("authorization", tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["backends"].as_array().unwrap().len(), 2);
+    assert_eq!(list["backends"][1]["weight"], 3);
+    // Drain a: only b answers from now on.
+    let r = c
+        .patch(format!("{admin}/backends/{}", a.addr))
+        .header("authorization", tok)
+        .body(r#"{"drain":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..10 {
+        assert_eq!(who(&c, &lb.url("/x")).await, "b");
+    }
+    let r = c
+        .delete(format!("{admin}/backends/{}", a.addr))
+        .header("authorization", tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c
+        .delete(format!("{admin}/backends/{}", a.addr))
+        .header("authorization", tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let m = c
+        .get(format!("{admin}/metrics"))
+        .header("authorization", tok)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("lb_added_latency_seconds_bucket")
+            && m.contains(&format!(
+                "lb_backend_requests_total{{backend=\"{}\"}}",
+                b.addr
+            )),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_and_large_uploads_stream_through() {
+    let b = TestBackend::start("a").await;
+    let lb = TestLb::start(config("round-robin"), &[&b]).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(lb.url("/x")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["x-backend"], "a");
+    // A streamed upload larger than any buffer: 64 MiB in 1 MiB chunks (the full-size 1 GiB run is in
+    // crates/tenfold/tests/cli.rs, against the real process, where memory can be measured).
+    let chunks = futures::stream::iter(
+        (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1 << 20]))),
+    );
+    let r = client()
+        .post(lb.url("/upload"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
