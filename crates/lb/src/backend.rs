@@ -329,6 +329,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::disallowed_methods)] // a plain unit test: no runtime to block
     fn slow_start_ramps_from_a_tenth_to_full_weight() {
         let b = backend();
         let window = Duration::from_millis(200);
