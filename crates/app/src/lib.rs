@@ -129,6 +129,35 @@ impl App {
                 o.min_properties = Some(1);
             }
         }
+        // Every operation that reaches the database can answer 503 (database unavailable, or the request
+        // deadline passed) with Retry-After; say so once here rather than on each handler.
+        let unavailable = utoipa::openapi::ResponseBuilder::new()
+            .description("Temporarily unavailable (database unreachable or request deadline exceeded); retry after Retry-After seconds")
+            .content(
+                PROBLEM_JSON,
+                utoipa::openapi::ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("Problem"))).build(),
+            )
+            .header("Retry-After", utoipa::openapi::HeaderBuilder::new().description(Some("Seconds to wait")).build())
+            .build();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if path == "/healthz" || path == "/metrics" {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("503".into())
+                    .or_insert_with(|| unavailable.clone().into());
+            }
+        }
         doc.paths.paths.insert(
             "/api/openapi.json".into(),
             utoipa::openapi::path::PathItem::new(

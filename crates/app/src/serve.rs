@@ -16,7 +16,7 @@ pub(crate) async fn serve(
 ) -> std::io::Result<()> {
     let upkeep = tokio::spawn(async {
         // Histograms buffer samples until upkeep drains them; without scrapes memory would grow.
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             crate::observe::prometheus().run_upkeep();

@@ -158,9 +158,18 @@ impl Lb {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        // Histograms keep raw samples until upkeep folds them into buckets: fold every second so memory
+        // stays flat under load whether or not anyone scrapes.
+        let upkeep = tokio::spawn(async {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                prometheus().run_upkeep();
+            }
+        });
         let shared = self.shared.clone();
         let limits = self.shared.settings.limits.clone();
-        tenfold_http::serve(
+        let result = tenfold_http::serve(
             listener,
             move |peer| {
                 let shared = shared.clone();
@@ -172,7 +181,9 @@ impl Lb {
             shutdown,
             &limits,
         )
-        .await
+        .await;
+        upkeep.abort();
+        result
     }
 
     /// The admin API (list, add, remove, re-weight, drain; metrics), requiring `token` as a bearer token.

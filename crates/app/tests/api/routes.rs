@@ -293,6 +293,10 @@ async fn operational_endpoints() {
     }
     assert!(doc["paths"]["/api/products/{id}"]["patch"]["responses"]["412"].is_object());
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+    assert!(doc["paths"]["/api/products"]["get"]["responses"]["503"].is_object());
+    assert!(doc["paths"]["/healthz"]["get"]["responses"]
+        .get("503")
+        .is_none());
     assert_eq!(
         doc["components"]["schemas"]["ProductPatchInput"]["minProperties"],
         1
