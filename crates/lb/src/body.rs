@@ -1,4 +1,4 @@
-//! Response bodies that give their connection back to the pool when read to the end.
+//! Response bodies that drive their backend connection and give it back to the pool when read to the end.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,27 +7,27 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
 use crate::backend::{Backend, InFlight};
-use crate::pool::{BoxError, ProxyBody};
+use crate::pool::{BoxError, Conn};
 
 /// What to do when a response body ends: return the connection (clean end) or drop it.
 pub(crate) struct Finisher {
-    pub(crate) sender: Option<SendRequest<ProxyBody>>,
+    pub(crate) conn: Option<Conn>,
     pub(crate) backend: Arc<Backend>,
     pub(crate) _in_flight: InFlight,
 }
 
 impl Finisher {
     fn finish_clean(mut self) {
-        if let Some(s) = self.sender.take() {
-            self.backend.pool.checkin(s);
+        if let Some(c) = self.conn.take() {
+            self.backend.pool.checkin(c);
         }
     }
 }
 
-/// A backend response body streamed to the client.
+/// A backend response body streamed to the client. Polling it also polls the backend connection, which
+/// feeds it: the whole exchange runs on the client connection's task.
 pub(crate) struct Tracked {
     inner: Incoming,
     finisher: Option<Finisher>,
@@ -58,6 +58,9 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(conn) = this.finisher.as_mut().and_then(|f| f.conn.as_mut()) {
+            conn.poll_driver(cx);
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 if let Some(f) = this.finisher.take() {

@@ -1,5 +1,6 @@
 //! Active health checks: one task per backend, GET `path` every interval, rise/fall thresholds.
 
+use std::future::Future;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -39,28 +40,29 @@ pub(crate) async fn run(backend: Weak<Backend>, cfg: HealthCheckConfig) {
 }
 
 async fn check(b: &Backend, path: &str) -> bool {
-    let Ok(conn) = b.pool.checkout().await else {
+    let Ok(mut conn) = b.pool.checkout().await else {
         return false;
     };
-    let mut sender = conn.sender;
     let req = Request::get(path)
         .header(http::header::HOST, b.addr.to_string())
         .header(http::header::USER_AGENT, "tenfold-lb-health")
         .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
     let Ok(req) = req else { return false };
-    let Ok(resp) = sender.send_request(req).await else {
+    let Ok(resp) = conn.send(req).await else {
         return false;
     };
     let good = resp.status().is_success()
         || resp.status().is_redirection()
         || resp.status() == StatusCode::NOT_MODIFIED;
-    // Read the body so the connection can be reused.
-    if Limited::new(resp.into_body(), 64 * 1024)
-        .collect()
-        .await
-        .is_ok()
-    {
-        b.pool.checkin(sender);
+    // Read the body (driving the connection meanwhile) so the connection can be reused.
+    let mut body = std::pin::pin!(Limited::new(resp.into_body(), 64 * 1024).collect());
+    let read = std::future::poll_fn(|cx| {
+        conn.poll_driver(cx);
+        body.as_mut().poll(cx)
+    })
+    .await;
+    if read.is_ok() {
+        b.pool.checkin(conn);
     }
     good
 }

@@ -10,9 +10,17 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::Bytes;
+use futures::future::Either;
+use futures::FutureExt;
+use http::{Request, Response};
 use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
 
 /// Any error a body can carry.
@@ -55,11 +63,60 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
+/// The future that does a connection's I/O. It is polled by whichever task uses the connection, never
+/// by a task of its own: the request, the response and the socket stay on one task, with no cross-thread
+/// wake-up between the client's connection and the backend's.
+pub(crate) type Driver = Pin<Box<http1::Connection<TokioIo<tokio::net::TcpStream>, ProxyBody>>>;
+
 /// A connection checked out of a pool.
 pub(crate) struct Conn {
     pub(crate) sender: SendRequest<ProxyBody>,
+    /// `None` once the connection has ended.
+    pub(crate) driver: Option<Driver>,
     /// True when it came from the idle stack (it may have been closed by the backend meanwhile).
     pub(crate) reused: bool,
+}
+
+impl Conn {
+    /// Lets the connection process what arrived while nobody polled it; false when it has ended.
+    fn alive(&mut self) -> bool {
+        if let Some(d) = self.driver.as_mut() {
+            if d.as_mut().now_or_never().is_some() {
+                self.driver = None;
+            }
+        }
+        self.driver.is_some() && self.sender.is_ready()
+    }
+
+    /// Sends a request and drives the connection on this task until the response head arrives.
+    pub(crate) async fn send(
+        &mut self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
+        let send = self.sender.try_send_request(req);
+        futures::pin_mut!(send);
+        let Some(driver) = self.driver.as_mut() else {
+            return send.await;
+        };
+        match futures::future::select(send, driver.as_mut()).await {
+            Either::Left((r, _)) => r,
+            Either::Right((_, send)) => {
+                // The connection ended first; the request resolves with the reason.
+                self.driver = None;
+                send.await
+            }
+        }
+    }
+
+    /// Polls the driver from inside another future's poll (a response body's); returns false when it ended.
+    pub(crate) fn poll_driver(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if let Some(d) = self.driver.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                self.driver = None;
+            }
+        }
+        self.driver.is_some()
+    }
 }
 
 /// One backend's pool.
@@ -67,7 +124,7 @@ pub(crate) struct Conn {
 pub struct Pool {
     addr: SocketAddr,
     cfg: PoolConfig,
-    idle: Mutex<Vec<(SendRequest<ProxyBody>, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
 }
 
 impl Pool {
@@ -90,12 +147,10 @@ impl Pool {
         loop {
             let popped = self.idle.lock().ok().and_then(|mut v| v.pop());
             match popped {
-                Some((sender, since)) => {
-                    if sender.is_ready() && since.elapsed() < self.cfg.idle_timeout {
-                        return Ok(Conn {
-                            sender,
-                            reused: true,
-                        });
+                Some((mut conn, since)) => {
+                    if since.elapsed() < self.cfg.idle_timeout && conn.alive() {
+                        conn.reused = true;
+                        return Ok(conn);
                     }
                     // Closed by the backend or stale: drop it and look further.
                 }
@@ -109,28 +164,24 @@ impl Pool {
         .await
         .map_err(|_| ConnectError::Timeout(self.cfg.connect_timeout.as_millis()))??;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
+        let (sender, driver) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "backend connection ended with an error");
-            }
-        });
         Ok(Conn {
             sender,
+            driver: Some(Box::pin(driver)),
             reused: false,
         })
     }
 
     /// Returns a connection whose last response was read to the end.
-    pub(crate) fn checkin(&self, sender: SendRequest<ProxyBody>) {
-        if sender.is_closed() {
+    pub(crate) fn checkin(&self, conn: Conn) {
+        if conn.driver.is_none() || conn.sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.cfg.max_idle {
-                idle.push((sender, Instant::now()));
+                idle.push((conn, Instant::now()));
             }
         }
     }
@@ -140,5 +191,14 @@ impl Pool {
         if let Ok(mut idle) = self.idle.lock() {
             idle.clear();
         }
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("alive", &self.driver.is_some())
+            .field("reused", &self.reused)
+            .finish()
     }
 }

@@ -326,7 +326,7 @@ pub(crate) async fn handle(
         let backend = members.backends[i].clone();
         let in_flight = backend.start();
         let started = Instant::now();
-        let (sender, sent) = match exchange(&shared, &backend, &mut outgoing).await {
+        let (conn, sent) = match exchange(&shared, &backend, &mut outgoing).await {
             Ok(x) => x,
             Err(f) => {
                 let kind = match &f {
@@ -385,7 +385,7 @@ pub(crate) async fn handle(
         let body = Tracked::new(
             rbody,
             Finisher {
-                sender: Some(sender),
+                conn: Some(conn),
                 backend: backend.clone(),
                 _in_flight: in_flight,
             },
@@ -449,32 +449,20 @@ async fn exchange(
     shared: &Shared,
     backend: &Backend,
     outgoing: &mut Outgoing,
-) -> Result<
-    (
-        hyper::client::conn::http1::SendRequest<ProxyBody>,
-        Response<Incoming>,
-    ),
-    Failure,
-> {
+) -> Result<(crate::pool::Conn, Response<Incoming>), Failure> {
     for _ in 0..4 {
-        let conn = backend
+        let mut conn = backend
             .pool
             .checkout()
             .await
             .map_err(|e| Failure::Connect(e.to_string()))?;
-        let mut sender = conn.sender;
         let Some(req) = outgoing.take() else {
             return Err(Failure::Exchange(
                 "the request body was already sent".into(),
             ));
         };
-        match tokio::time::timeout(
-            shared.settings.response_timeout,
-            sender.try_send_request(req),
-        )
-        .await
-        {
-            Ok(Ok(resp)) => return Ok((sender, resp)),
+        match tokio::time::timeout(shared.settings.response_timeout, conn.send(req)).await {
+            Ok(Ok(resp)) => return Ok((conn, resp)),
             Ok(Err(mut e)) => {
                 let why = e.error().to_string();
                 match e.take_message() {
