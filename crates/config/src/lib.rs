@@ -158,7 +158,7 @@ pub struct LbConfig {
     pub response_timeout_ms: u64,
     /// Idle pooled backend connections older than this are closed, in milliseconds.
     pub pool_idle_timeout_ms: u64,
-    /// Idle connections kept per backend.
+    /// Idle connections kept per backend (like nginx's upstream `keepalive`); more may be open while busy.
     pub pool_max_idle: usize,
     /// Deadline for a client to send its request headers, in milliseconds.
     pub header_read_timeout_ms: u64,
@@ -191,7 +191,7 @@ impl Default for LbConfig {
             connect_timeout_ms: 1_000,
             response_timeout_ms: 30_000,
             pool_idle_timeout_ms: 50_000,
-            pool_max_idle: 256,
+            pool_max_idle: 64,
             header_read_timeout_ms: 5_000,
             header_limit_bytes: 16 * 1024,
             body_limit_bytes: 1024 * 1024 * 1024 * 4,

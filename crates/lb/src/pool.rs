@@ -42,7 +42,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            max_idle: 256,
+            max_idle: 64,
             idle_timeout: Duration::from_secs(50),
             connect_timeout: Duration::from_secs(2),
         }
