@@ -68,7 +68,7 @@ struct Change {
 
 fn listing(lb: &Lb) -> Json<Listing> {
     Json(Listing {
-        algorithm: format!("{:?}", lb.algorithm()),
+        algorithm: lb.algorithm().to_string(),
         backends: lb.status(),
     })
 }

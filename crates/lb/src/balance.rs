@@ -60,6 +60,19 @@ impl std::str::FromStr for Algorithm {
     }
 }
 
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Algorithm::RoundRobin => f.write_str("round-robin"),
+            Algorithm::WeightedRoundRobin => f.write_str("weighted-round-robin"),
+            Algorithm::LeastConnections => f.write_str("least-connections"),
+            Algorithm::ConsistentHash(HashKey::ClientIp) => f.write_str("consistent-hash"),
+            Algorithm::ConsistentHash(HashKey::Header(h)) => write!(f, "hash-header:{h}"),
+            Algorithm::P2cEwma => f.write_str("p2c-ewma"),
+        }
+    }
+}
+
 /// The request facts an algorithm may use.
 pub(crate) struct PickContext<'a> {
     pub(crate) client_ip: IpAddr,
