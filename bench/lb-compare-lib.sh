@@ -1,7 +1,7 @@
 # shellcheck shell=bash disable=SC2154
 # Helpers for bench/lb-compare.sh. Source it after lib.sh; do not run it.
 # Uses the globals of lb-compare.sh: work, bin, out, b1_port, b2_port, DURATION, WARMUP, THREADS,
-# CONNECTIONS, HOLD_CONNS, PYTHON, ADMIN_TOKEN, PROFILE, PROFILE_SECONDS, wrk_timeout and the goals.
+# CONNECTIONS, HOLD_CONNS, PYTHON, ADMIN_TOKEN, PROFILE, PROFILE_SECONDS, SYSCALLS, wrk_timeout and the goals.
 
 PATH="$PATH:/usr/sbin:/sbin"
 LBC_OUT=""
@@ -100,13 +100,26 @@ lbc_free_port() {
     "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Samples once a second whether rustc or cargo runs, into $LBC_OUT/compile-seen.txt.
+# Prints the pids of rustc and cargo processes, and of wrk processes outside our own process group
+# (someone else's benchmark); prints nothing when there are none.
+lbc_other_load() {
+    local p
+    pgrep -x rustc 2>/dev/null || true
+    pgrep -x cargo 2>/dev/null || true
+    for p in $(pgrep -x wrk 2>/dev/null || true); do
+        if [[ "$(ps -o pgid= -p "$p" 2>/dev/null | tr -d ' ')" != "$_LBC_PGID" ]]; then echo "wrk:$p"; fi
+    done
+}
+_LBC_PGID="$(ps -o pgid= -p $$ | tr -d ' ')"
+
+# Samples once a second whether rustc, cargo or another benchmark's wrk runs, into
+# $LBC_OUT/compile-seen.txt.
 lbc_start_compile_monitor() {
     : >"$LBC_OUT/compile-seen.txt"
     (
         parent=$$
         while kill -0 "$parent" 2>/dev/null; do
-            seen="$( (pgrep -x rustc; pgrep -x cargo) 2>/dev/null | tr '\n' ' ' || true)"
+            seen="$(lbc_other_load | tr '\n' ' ')"
             if [[ -n "$seen" ]]; then echo "$(date +%s) pids $seen" >>"$LBC_OUT/compile-seen.txt"; fi
             sleep 1
         done
@@ -114,18 +127,20 @@ lbc_start_compile_monitor() {
     bench_track_pid "$!"
 }
 
-# Waits (polling every 2 s, up to 10 min) until no rustc or cargo process runs.
+# Waits (polling every 2 s, up to 10 min) until no rustc, cargo or foreign wrk process runs.
 lbc_wait_quiet() {
     local i
     for ((i = 0; i < 300; i++)); do
-        if ! pgrep -x rustc >/dev/null 2>&1 && ! pgrep -x cargo >/dev/null 2>&1; then
-            if ((i > 0)); then bench_log "no compile any more after $((i * 2)) s of waiting"; fi
+        if [[ -z "$(lbc_other_load)" ]]; then
+            if ((i > 0)); then bench_log "quiet again after $((i * 2)) s of waiting"; fi
             return 0
         fi
-        if ((i == 0)); then bench_log "rustc/cargo is running; waiting up to 10 min before measuring"; fi
+        if ((i == 0)); then
+            bench_log "rustc/cargo or another benchmark's wrk is running ($(lbc_other_load | tr '\n' ' ')); waiting up to 10 min before measuring"
+        fi
         sleep 2
     done
-    bench_log "warning: rustc/cargo still running after 10 min; measuring anyway"
+    bench_log "warning: rustc/cargo/another wrk still running after 10 min; measuring anyway"
     echo "$(date +%s) waited 10 min, compile still running" >>"$LBC_OUT/compile-timeouts.txt"
 }
 
@@ -354,23 +369,58 @@ lbc_scrape() {
         bench_die "GET http://$LBC_ADMIN/metrics failed"
 }
 
-# lbc_profile RUN: perf record -g on the tenfold process during a wrk run.
+# lbc_profile NAME: perf record -g on every process of the balancer during a wrk run; writes
+# perf-NAME.txt (flat profile by symbol), perf-NAME-dso.txt and perf-NAME-kernel.txt (inclusive time of
+# a few kernel paths: syscalls, TCP send/receive, scheduling).
 lbc_profile() {
-    local run="$1" wrk_pid
+    local name="$1" wrk_pid pids
     command -v perf >/dev/null 2>&1 || { bench_log "perf not found; no profile"; return 0; }
+    pids="$(lbc_pids "$LBC_PID" | paste -sd, -)"
     lbc_wait_quiet
-    bench_log "profiling tenfold (pid $LBC_PID) for $PROFILE_SECONDS s under wrk"
-    lbc_wrk "$out/tenfold-$run-profiled-wrk.txt" "$((PROFILE_SECONDS + 4))s" "http://$LBC_ADDR/" &
+    bench_log "profiling $name (pids $pids) for $PROFILE_SECONDS s under wrk"
+    lbc_wrk "$out/$name.profiled-wrk.txt" "$((PROFILE_SECONDS + 4))s" "http://$LBC_ADDR/" &
     wrk_pid=$!
     sleep 2
-    timeout --kill-after=5 "$((PROFILE_SECONDS + 30))" perf record -q -g -o "$out/perf-tenfold-$run.data" \
-        -p "$LBC_PID" -- sleep "$PROFILE_SECONDS" >"$out/perf-record-$run.txt" 2>&1 || true
+    timeout --kill-after=5 "$((PROFILE_SECONDS + 30))" perf record -q -g -o "$out/perf-$name.data" \
+        -p "$pids" -- sleep "$PROFILE_SECONDS" >"$out/perf-record-$name.txt" 2>&1 || true
     wait "$wrk_pid" || true
-    timeout 300 perf report -i "$out/perf-tenfold-$run.data" --no-children --sort symbol --stdio 2>/dev/null |
-        head -n 200 >"$out/perf-tenfold-$run.txt" || true
-    timeout 300 perf report -i "$out/perf-tenfold-$run.data" --no-children --sort dso --stdio -g none 2>/dev/null |
-        grep -v '^$' | head -n 40 >"$out/perf-tenfold-$run-dso.txt" || true
-    bench_log "profile: $out/perf-tenfold-$run.txt"
+    timeout 300 perf report -i "$out/perf-$name.data" --no-children --sort symbol --stdio -g none 2>/dev/null |
+        grep -v '^$' | head -n 120 >"$out/perf-$name.txt" || true
+    timeout 300 perf report -i "$out/perf-$name.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+        grep -v '^$' | grep -v '^#' | head -n 20 >"$out/perf-$name-dso.txt" || true
+    timeout 300 perf report -i "$out/perf-$name.data" --children --sort symbol --stdio -g none 2>/dev/null |
+        grep -E '\] (entry_SYSCALL_64_after_hwframe|tcp_sendmsg|tcp_recvmsg|net_rx_action|sock_def_readable|__schedule|exit_to_user_mode_loop|irqentry_exit_to_user_mode|__x64_sys_[a-z_0-9]+|futex_wake|ep_poll) ' |
+        sed 's/  */ /g' >"$out/perf-$name-kernel.txt" || true
+    bench_log "profile: $out/perf-$name.txt"
+}
+
+# lbc_syscalls NAME: `perf stat` over every thread of the balancer during a 5 s wrk run; writes
+# NAME.syscalls.txt (raw counts) and NAME.per-request.txt (CPU, context switches, syscalls per request).
+LBC_SYSCALL_EVENTS="task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter"
+for _e in read readv recvfrom recvmsg write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl futex accept4 sched_yield; do
+    LBC_SYSCALL_EVENTS+=",syscalls:sys_enter_$_e"
+done
+unset _e
+lbc_syscalls() {
+    local name="$1" pids perf_pid
+    command -v perf >/dev/null 2>&1 || { bench_log "perf not found; no syscall counts"; return 0; }
+    pids="$(lbc_pids "$LBC_PID" | paste -sd, -)"
+    lbc_wait_quiet
+    timeout -s INT --kill-after=5 60 perf stat -x, -e "$LBC_SYSCALL_EVENTS" -p "$pids" \
+        -o "$out/$name.syscalls.txt" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 1
+    lbc_wrk "$out/$name.syscalls-wrk.txt" 5s "http://$LBC_ADDR/"
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+    awk -F, -v req="$(bench_wrk_field "$out/$name.syscalls-wrk.txt" requests)" '
+        $1 ~ /^[0-9.]+$/ && req > 0 {
+            ev = $3; v = $1
+            if (ev == "task-clock") printf "cpu_us_per_request %.2f\n", v * 1000 / req
+            else { sub(/^syscalls:sys_enter_/, "", ev); sub(/^raw_syscalls:sys_enter/, "all_syscalls", ev)
+                   if (v > 0) printf "%s_per_request %.3f\n", ev, v / req }
+        }' "$out/$name.syscalls.txt" >"$out/$name.per-request.txt"
+    bench_log "$name per request: $(tr '\n' ' ' <"$out/$name.per-request.txt")"
 }
 
 # lbc_measure KIND RUN: one balancer, one run; appends a line to runs.tsv.
@@ -401,7 +451,7 @@ lbc_measure() {
         overlap="$(lbc_compile_overlap "$t0" "$t1")"
         if ((overlap == 0)); then break; fi
         if ((try < MAX_TRIES)); then
-            bench_log "rustc/cargo ran during $overlap s of this wrk phase ($(bench_wrk_field "$out/$name.wrk.txt" rps) req/s); repeating it"
+            bench_log "rustc/cargo or a foreign wrk ran during $overlap s of this wrk phase ($(bench_wrk_field "$out/$name.wrk.txt" rps) req/s); repeating it"
         fi
     done
     tries="$try"
@@ -419,9 +469,11 @@ lbc_measure() {
     grep -E 'Requests/sec|Latency|50%|99%|requests in|Non-2xx|Socket errors' "$out/$name.wrk.txt" >&2 || true
     bench_log "$kind RSS after load: $(bench_mib "$rss_load") MiB (PSS $(bench_mib "$pss_load") MiB)"
 
-    if [[ "$kind" == tenfold && "$PROFILE" == 1 && ! -e "$out/profiled" ]]; then
-        lbc_profile "$run"
-        touch "$out/profiled"
+    if [[ "$SYSCALLS" == 1 ]]; then lbc_syscalls "$name"; fi
+    # PROFILE=1: the first run of each balancer; PROFILE="tenfold" (a list of kinds): those only.
+    if [[ ("$PROFILE" == 1 || " $PROFILE " == *" $kind "*) && ! -e "$out/profiled-$kind" ]]; then
+        lbc_profile "$name"
+        touch "$out/profiled-$kind"
     fi
 
     lbc_wait_quiet
@@ -452,7 +504,7 @@ lbc_measure() {
     t1h="$(date +%s)"
     overlap_hold="$(lbc_compile_overlap "$t0h" "$t1h")"
     if ((overlap + overlap_hold > 0)); then
-        bench_log "warning: rustc/cargo ran during the measurements: wrk phase $overlap s (try $tries), connection hold $overlap_hold s"
+        bench_log "warning: rustc/cargo or a foreign wrk ran during the measurements: wrk phase $overlap s (try $tries), connection hold $overlap_hold s"
     fi
 
     lbc_stop "$LBC_PID"
@@ -469,7 +521,7 @@ lbc_measure() {
 lbc_summary() {
     echo "### Per run"
     echo
-    echo "| Run | Balancer | Requests/s | p50 | p99 | Errors / non-2xx | Balancer CPU per request | RSS after load | RSS with $HOLD_CONNS conns (PSS) | Open conns | Compile overlap wrk/hold (wrk try) |"
+    echo "| Run | Balancer | Requests/s | p50 | p99 | Errors / non-2xx | Balancer CPU per request | RSS after load | RSS with $HOLD_CONNS conns (PSS) | Open conns | Other load (rustc/cargo/foreign wrk) during wrk/hold (wrk try) |"
     echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' 'NR > 1 {
         printf "| %s | %s | %d | %.2f ms | %.2f ms | %d / %d | %.1f µs | %.1f MiB | %.1f MiB (%.1f) | %d | %s (%s) |\n",
@@ -525,6 +577,22 @@ lbc_summary() {
         print missed > missedfile
     }' "$out/runs.tsv"
     local f
+    if compgen -G "$out/*.per-request.txt" >/dev/null; then
+        echo
+        echo "### Per request, from \`perf stat\` on the balancer's threads during a 5 s wrk run (SYSCALLS=1)"
+        echo
+        echo "| Run | CPU | Context switches | Syscalls | reads | writes | epoll_wait | futex |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+        for f in "$out"/*.per-request.txt; do
+            awk -v n="$(basename "$f" .per-request.txt)" '
+                { v[$1] = $2 }
+                END { printf "| %s | %.1f µs | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", n,
+                        v["cpu_us_per_request"], v["context-switches_per_request"], v["all_syscalls_per_request"],
+                        v["read_per_request"] + v["readv_per_request"] + v["recvfrom_per_request"] + v["recvmsg_per_request"],
+                        v["write_per_request"] + v["writev_per_request"] + v["sendto_per_request"] + v["sendmsg_per_request"],
+                        v["epoll_wait_per_request"] + v["epoll_pwait_per_request"], v["futex_per_request"] }' "$f"
+        done
+    fi
     for f in "$out"/tenfold-*.added-latency.txt; do
         [[ -e "$f" ]] || continue
         echo
@@ -536,6 +604,6 @@ lbc_summary() {
     done
     if [[ -s "$out/compile-seen.txt" ]]; then
         echo
-        echo "rustc/cargo was running during $(wc -l <"$out/compile-seen.txt") one-second samples of the whole run (between phases too; see compile-seen.txt)."
+        echo "rustc/cargo or a foreign wrk was running in $(wc -l <"$out/compile-seen.txt") one-second samples of the whole run (between phases too; see compile-seen.txt)."
     fi
 }

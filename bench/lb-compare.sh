@@ -5,7 +5,10 @@
 #   bash bench/lb-compare.sh                                  # 15 s per wrk phase, order below
 #   DURATION=10s bash bench/lb-compare.sh                     # shorter phases
 #   ORDER="tenfold nginx" bash bench/lb-compare.sh            # other order / subset
-#   PROFILE=1 bash bench/lb-compare.sh                        # also perf-profile the first tenfold run
+#   PROFILE=1 bash bench/lb-compare.sh                        # also perf-profile the first run of each
+#   PROFILE=tenfold bash bench/lb-compare.sh                  # balancer (or only of those listed)
+#   SYSCALLS=1 bash bench/lb-compare.sh                       # also CPU/syscalls/context switches per
+#                                                             # request of each balancer (perf stat)
 #
 # Backends: two nginx instances (1 worker each) that answer every path, /healthz included, with a
 # 100-byte 200 (`return 200`), keep-alive. The same two serve all three balancers.
@@ -22,9 +25,10 @@
 # once). Goals: throughput >= 1.1x nginx and >= 1.0x HAProxy, p99 <= nginx's, RSS <= 20 MiB with 1,000
 # open client connections. STRICT=1 makes the script exit 2 when a goal is missed.
 #
-# Before each measurement the script waits (up to 10 min) until no rustc/cargo runs, and a sampler
-# records whether one started during a measurement anyway; a wrk phase that a compile overlapped is
-# repeated, up to MAX_TRIES (default 3) times in all, and the table shows any overlap that remained.
+# Before each measurement the script waits (up to 10 min) until no rustc/cargo runs (nor a wrk of
+# another benchmark), and a sampler records whether one started during a measurement anyway; a wrk
+# phase that such load overlapped is repeated, up to MAX_TRIES (default 3) times in all, and the
+# table shows any overlap that remained.
 # Everything binds to 127.0.0.1, every step is bounded with timeout, and on exit only the processes
 # this script started are stopped.
 # nginx, haproxy and wrk are installed with apt-get if missing (service start-up suppressed with
@@ -40,6 +44,7 @@ CONNECTIONS="${CONNECTIONS:-64}"
 HOLD_CONNS="${HOLD_CONNS:-1000}"
 ORDER="${ORDER:-nginx haproxy tenfold tenfold haproxy nginx}"
 PROFILE="${PROFILE:-0}"
+SYSCALLS="${SYSCALLS:-0}"
 PROFILE_SECONDS="${PROFILE_SECONDS:-10}"
 MAX_TRIES="${MAX_TRIES:-3}"
 MIN_VS_NGINX=1.10
@@ -68,8 +73,9 @@ work="$BENCH_TMP"
 chmod 755 "$work" # nginx workers run as nobody when we are root
 bin="$(bench_copy_binary "$work")"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
-out="$RESULTS_DIR/lb-compare-$stamp"
-mkdir -p "$out"
+mkdir -p "$RESULTS_DIR"
+# Unique even when two runs start in the same second.
+out="$(mktemp -d "$RESULTS_DIR/lb-compare-$stamp.XXXX")"
 LBC_OUT="$out"
 
 {
