@@ -169,17 +169,6 @@ async fn run_lb(
         out.flush()?;
     }
     tracing::info!(%addr, algorithm = %config.lb.algorithm, backends = config.lb.backends.len(), "balancing");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let admin_task = admin.map(|(l, router)| {
-        let stop = stopped();
-        tokio::spawn(async move { axum::serve(l, router).with_graceful_shutdown(stop).await })
-    });
     // SIGHUP re-reads the configuration and applies its backend list.
     #[cfg(unix)]
     {
@@ -203,11 +192,34 @@ async fn run_lb(
             }
         });
     }
+    serve_balancer(&lb, listener, admin).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves the balancer and its admin API (if any) until SIGTERM/SIGINT, then drains both.
+pub(crate) async fn serve_balancer(
+    lb: &tenfold_lb::Lb,
+    listener: tokio::net::TcpListener,
+    admin: Option<(tokio::net::TcpListener, axum::Router)>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let admin_task = admin.map(|(l, router)| {
+        let stop = stopped();
+        tokio::spawn(async move { axum::serve(l, router).with_graceful_shutdown(stop).await })
+    });
     let serving = lb.serve(listener, stopped());
     tokio::pin!(serving);
     tokio::select! {
         r = &mut serving => r?,
         _ = shutdown_signal() => {
+            tracing::info!("stopping: draining in-flight requests");
             let _ = stop_tx.send(true);
             serving.await?;
         }
@@ -216,7 +228,6 @@ async fn run_lb(
     if let Some(t) = admin_task {
         let _ = t.await;
     }
-    tracing::info!("stopped");
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use tenfold_config::Config;
 use tenfold_up::{Supervisor, UpOptions};
 
 use crate::cli::AdminTarget;
-use crate::commands::{open_store, shutdown_signal};
+use crate::commands::{open_store, serve_balancer};
 
 /// Where `tenfold up` leaves its addresses and tokens for `tenfold scale` and `tenfold restart`.
 const STATE_FILE: &str = "data/up.json";
@@ -155,36 +155,13 @@ pub(crate) async fn run(
         out.flush()?;
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     let admin_router = lb.admin_router_with(admin_token, sup.admin_routes());
-    let admin_stop = stopped();
-    let admin_task = tokio::spawn(async move {
-        axum::serve(admin_listener, admin_router)
-            .with_graceful_shutdown(admin_stop)
-            .await
-    });
-    let serving = lb.serve(listener, stopped());
-    tokio::pin!(serving);
-    tokio::select! {
-        r = &mut serving => r?,
-        _ = shutdown_signal() => {
-            tracing::info!("stopping: draining the balancer, then every instance");
-            let _ = stop_tx.send(true);
-            serving.await?;
-        }
-    }
-    let _ = stop_tx.send(true);
+    let served = serve_balancer(&lb, listener, Some((admin_listener, admin_router))).await;
+    // Whatever ended the balancer, the instances are drained and stopped.
     sup.shutdown().await;
-    let _ = admin_task.await;
     let _ = std::fs::remove_file(STATE_FILE);
     tracing::info!("stopped");
-    Ok(())
+    served
 }
 
 fn write_state(state: &UpState) -> anyhow::Result<()> {
