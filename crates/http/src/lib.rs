@@ -122,3 +122,30 @@ where
     }
     Ok(())
 }
+
+/// `n` listeners on one address with SO_REUSEPORT, so that `n` single-threaded event loops can each
+/// accept their own share of connections (the kernel spreads them). Port 0 picks one free port for all.
+pub fn reuseport_listeners(
+    addr: SocketAddr,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut bind_to = addr;
+    for _ in 0..n.max(1) {
+        let s = Socket::new(
+            Domain::for_address(bind_to),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&bind_to.into())?;
+        s.listen(1024)?;
+        let l: std::net::TcpListener = s.into();
+        bind_to = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}

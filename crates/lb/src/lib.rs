@@ -186,6 +186,48 @@ impl Lb {
         result
     }
 
+    /// Proxies on one single-threaded event loop per listener (see `tenfold_http::reuseport_listeners`):
+    /// a request, its backend connection and its response stay on one thread, with no wake-ups across
+    /// worker threads. Returns when `shutdown` resolved and every loop has drained.
+    pub async fn serve_per_core(
+        &self,
+        listeners: Vec<std::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let lb = self.clone();
+            let mut rx = rx.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("tenfold-lb-{i}"))
+                .spawn(move || -> std::io::Result<()> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listener = tokio::net::TcpListener::from_std(l)?;
+                        lb.serve(listener, async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        })
+                        .await
+                    })
+                })?;
+            threads.push(t);
+        }
+        shutdown.await;
+        let _ = tx.send(true);
+        let joined = tokio::task::spawn_blocking(move || {
+            threads.into_iter().map(|t| t.join()).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        for r in joined {
+            r.map_err(|_| std::io::Error::other("a balancer thread panicked"))??;
+        }
+        Ok(())
+    }
+
     /// The admin API (list, add, remove, re-weight, drain; metrics), requiring `token` as a bearer token.
     pub fn admin_router(&self, token: secrecy::SecretString) -> axum::Router {
         admin::router(self.clone(), token, axum::Router::new())

@@ -139,10 +139,8 @@ async fn run_lb(
     reload: impl Fn() -> anyhow::Result<Config> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let lb = tenfold_lb::Lb::new(&config.lb).map_err(|e| anyhow::anyhow!(e))?;
-    let listener = tokio::net::TcpListener::bind(config.lb.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.lb.listen))?;
-    let addr = listener.local_addr()?;
+    let listener = balancer_listeners(config.lb.listen)?;
+    let addr = listener[0].local_addr()?;
     let admin = match &config.lb.admin_token {
         Some(token) => {
             let l = tokio::net::TcpListener::bind(config.lb.admin_listen)
@@ -197,10 +195,21 @@ async fn run_lb(
     Ok(())
 }
 
+/// One SO_REUSEPORT listener per CPU on `addr`, for the balancer's per-core event loops.
+pub(crate) fn balancer_listeners(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    tenfold_http::reuseport_listeners(addr, cpus)
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
 /// Serves the balancer and its admin API (if any) until SIGTERM/SIGINT, then drains both.
 pub(crate) async fn serve_balancer(
     lb: &tenfold_lb::Lb,
-    listener: tokio::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     admin: Option<(tokio::net::TcpListener, axum::Router)>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -214,7 +223,7 @@ pub(crate) async fn serve_balancer(
         let stop = stopped();
         tokio::spawn(async move { axum::serve(l, router).with_graceful_shutdown(stop).await })
     });
-    let serving = lb.serve(listener, stopped());
+    let serving = lb.serve_per_core(listeners, stopped());
     tokio::pin!(serving);
     tokio::select! {
         r = &mut serving => r?,

@@ -11,7 +11,7 @@ use tenfold_config::Config;
 use tenfold_up::{Supervisor, UpOptions};
 
 use crate::cli::AdminTarget;
-use crate::commands::{open_store, serve_balancer};
+use crate::commands::{balancer_listeners, open_store, serve_balancer};
 
 /// Where `tenfold up` leaves its addresses and tokens for `tenfold scale` and `tenfold restart`.
 const STATE_FILE: &str = "data/up.json";
@@ -99,9 +99,7 @@ pub(crate) async fn run(
     config.lb.health.path = "/readyz".into();
     config.lb.backends.clear();
     let lb = tenfold_lb::Lb::new(&config.lb).map_err(|e| anyhow::anyhow!(e))?;
-    let listener = tokio::net::TcpListener::bind(config.lb.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.lb.listen))?;
+    let listener = balancer_listeners(config.lb.listen)?;
     let admin_listener = tokio::net::TcpListener::bind(config.lb.admin_listen)
         .await
         .with_context(|| {
@@ -111,7 +109,7 @@ pub(crate) async fn run(
             )
         })?;
     let (url, admin) = (
-        format!("http://{}", listener.local_addr()?),
+        format!("http://{}", listener[0].local_addr()?),
         format!("http://{}", admin_listener.local_addr()?),
     );
 
