@@ -19,14 +19,7 @@ async fn killing_a_backend_under_load_fails_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     bs[1].kill();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, bad, why) = load.await.unwrap();
-    assert_eq!(
-        bad,
-        0,
-        "{ok} ok, {bad} failed: {:?}",
-        &why[..why.len().min(5)]
-    );
+    let ok = finish_without_failures(&stop, load).await;
     assert!(ok > 100);
     let st = lb.lb.status();
     let killed = st.iter().find(|s| s.addr == bs[1].addr).unwrap();
@@ -58,14 +51,7 @@ async fn draining_removing_and_adding_under_load_fails_no_request() {
     // Removal waited for in-flight requests; nothing new arrives afterwards.
     let after_removal = bs[0].hits();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (ok, bad, why) = load.await.unwrap();
-    assert_eq!(
-        bad,
-        0,
-        "{ok} ok, {bad} failed: {:?}",
-        &why[..why.len().min(5)]
-    );
+    assert!(finish_without_failures(&stop, load).await > 0);
     assert!(before > 0 && bs[2].hits() > 0);
     assert_eq!(
         bs[0].hits(),

@@ -276,3 +276,19 @@ pub(crate) fn load(
         total
     })
 }
+
+/// Stops a [`load`], asserts that no request failed, and returns how many succeeded.
+pub(crate) async fn finish_without_failures(
+    stop: &AtomicBool,
+    load: tokio::task::JoinHandle<(usize, usize, Vec<String>)>,
+) -> usize {
+    stop.store(true, Ordering::SeqCst);
+    let (ok, bad, why) = load.await.unwrap();
+    assert_eq!(
+        bad,
+        0,
+        "{ok} ok, {bad} failed: {:?}",
+        &why[..why.len().min(5)]
+    );
+    ok
+}
