@@ -25,6 +25,12 @@ static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The balancer-added latency histogram, registered once rather than looked up per request.
+fn added_latency() -> &'static metrics::Histogram {
+    static H: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
+    H.get_or_init(|| metrics::histogram!("lb_added_latency_seconds"))
+}
+
 /// Bodies up to this size are buffered when the request is safe to repeat, so a retry can resend them.
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
@@ -391,8 +397,7 @@ pub(crate) async fn handle(
             },
         )
         .boxed();
-        metrics::histogram!("lb_added_latency_seconds")
-            .record(arrived.elapsed().saturating_sub(upstream).as_secs_f64());
+        added_latency().record(arrived.elapsed().saturating_sub(upstream).as_secs_f64());
         return Response::from_parts(rparts, body);
     }
     match last {
