@@ -202,6 +202,7 @@ impl Lb {
             let t = std::thread::Builder::new()
                 .name(format!("tenfold-lb-{i}"))
                 .spawn(move || -> std::io::Result<()> {
+                    pool::set_loop_slot(i);
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;

@@ -124,7 +124,9 @@ impl Conn {
 pub struct Pool {
     addr: SocketAddr,
     cfg: PoolConfig,
-    idle: Mutex<Vec<(Conn, Instant)>>,
+    /// One idle stack per event loop (slot 0: the main runtime; 1..: the per-core loops). A connection is
+    /// registered with the reactor of the runtime that opened it, so it is only reused on that runtime.
+    idle: Vec<Mutex<Vec<(Conn, Instant)>>>,
 }
 
 impl Pool {
@@ -133,19 +135,25 @@ impl Pool {
         Pool {
             addr,
             cfg,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=max_loops()).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
 
     /// Idle connections now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|v| v.len()).unwrap_or(0)
+        self.idle
+            .iter()
+            .map(|m| m.lock().map(|v| v.len()).unwrap_or(0))
+            .sum()
     }
 
     /// The most recently returned ready connection, or a new one.
     pub(crate) async fn checkout(&self) -> Result<Conn, ConnectError> {
         loop {
-            let popped = self.idle.lock().ok().and_then(|mut v| v.pop());
+            let popped = self.idle[current_slot()]
+                .lock()
+                .ok()
+                .and_then(|mut v| v.pop());
             match popped {
                 Some((mut conn, since)) => {
                     if since.elapsed() < self.cfg.idle_timeout && conn.alive() {
@@ -179,7 +187,7 @@ impl Pool {
         if conn.driver.is_none() || conn.sender.is_closed() {
             return;
         }
-        if let Ok(mut idle) = self.idle.lock() {
+        if let Ok(mut idle) = self.idle[current_slot()].lock() {
             if idle.len() < self.cfg.max_idle {
                 idle.push((conn, Instant::now()));
             }
@@ -188,8 +196,10 @@ impl Pool {
 
     /// Closes every idle connection.
     pub(crate) fn clear(&self) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.clear();
+        for m in &self.idle {
+            if let Ok(mut idle) = m.lock() {
+                idle.clear();
+            }
         }
     }
 }
@@ -201,4 +211,26 @@ impl std::fmt::Debug for Conn {
             .field("reused", &self.reused)
             .finish()
     }
+}
+
+thread_local! {
+    /// Which event loop this thread runs: 0 for the main runtime, `i + 1` for per-core loop `i`.
+    static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Most per-core loops a pool keeps stacks for.
+fn max_loops() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(64)
+}
+
+/// Marks the current thread as per-core loop `i` (called once when the loop's thread starts).
+pub(crate) fn set_loop_slot(i: usize) {
+    SLOT.with(|s| s.set((i + 1).min(max_loops())));
+}
+
+fn current_slot() -> usize {
+    SLOT.with(|s| s.get())
 }
