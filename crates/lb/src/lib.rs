@@ -85,6 +85,27 @@ pub struct Lb {
     shared: Arc<Shared>,
 }
 
+/// Histograms keep raw samples until upkeep folds them into buckets: fold every second so memory stays
+/// flat under load whether or not anyone scrapes.
+/// The task stops when the returned guard is dropped.
+fn spawn_upkeep() -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            prometheus().run_upkeep();
+        }
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The process-wide Prometheus recorder of the balancer.
 fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -158,18 +179,19 @@ impl Lb {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        // Histograms keep raw samples until upkeep folds them into buckets: fold every second so memory
-        // stays flat under load whether or not anyone scrapes.
-        let upkeep = tokio::spawn(async {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                prometheus().run_upkeep();
-            }
-        });
+        let _upkeep = spawn_upkeep();
+        self.serve_loop(listener, shutdown).await
+    }
+
+    /// The accept loop alone (the caller runs the metrics upkeep once for all loops).
+    async fn serve_loop(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let shared = self.shared.clone();
         let limits = self.shared.settings.limits.clone();
-        let result = tenfold_http::serve(
+        tenfold_http::serve(
             listener,
             move |peer| {
                 let shared = shared.clone();
@@ -181,9 +203,7 @@ impl Lb {
             shutdown,
             &limits,
         )
-        .await;
-        upkeep.abort();
-        result
+        .await
     }
 
     /// Proxies on one single-threaded event loop per listener (see `tenfold_http::reuseport_listeners`):
@@ -194,6 +214,7 @@ impl Lb {
         listeners: Vec<std::net::TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let _upkeep = spawn_upkeep();
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut threads = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
@@ -208,7 +229,7 @@ impl Lb {
                         .build()?;
                     rt.block_on(async move {
                         let listener = tokio::net::TcpListener::from_std(l)?;
-                        lb.serve(listener, async move {
+                        lb.serve_loop(listener, async move {
                             let _ = rx.wait_for(|s| *s).await;
                         })
                         .await
