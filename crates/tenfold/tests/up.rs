@@ -75,16 +75,18 @@ fn start_up_with(extra: &[&str]) -> Up {
     }
 }
 
-async fn fleet(up: &Up) -> Value {
+/// GETs a path of the admin API with the token.
+async fn admin_get(up: &Up, path: &str) -> reqwest::Response {
     reqwest::Client::new()
-        .get(format!("{}/instances", up.admin))
+        .get(format!("{}{path}", up.admin))
         .bearer_auth(&up.token)
         .send()
         .await
         .unwrap()
-        .json()
-        .await
-        .unwrap()
+}
+
+async fn fleet(up: &Up) -> Value {
+    admin_get(up, "/instances").await.json().await.unwrap()
 }
 
 fn pids(f: &Value) -> Vec<u64> {
@@ -301,15 +303,7 @@ async fn the_autoscaler_follows_the_load_and_says_why() {
     assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(5)]);
     // Idle again: back to the minimum.
     wait_for_instances(&up, 1).await;
-    let m = reqwest::Client::new()
-        .get(format!("{}/metrics", up.admin))
-        .bearer_auth(&up.token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = admin_get(&up, "/metrics").await.text().await.unwrap();
     for dir in ["up", "down"] {
         assert!(
             m.contains(&format!(
