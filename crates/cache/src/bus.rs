@@ -1,0 +1,153 @@
+//! The invalidation bus: how one instance's writes reach every other instance's L1.
+//!
+//! A [`Bus`] moves opaque text payloads (Redis pub/sub, PostgreSQL LISTEN/NOTIFY, or a change-feed table
+//! for SQLite). On top of it every instance publishes its changes from one task, numbered 1, 2, 3, ...
+//! under a random origin id; a receiver that sees a number skipped for an origin, or is told by the bus
+//! that it may have lost messages (a reconnect), flushes its L1: it cannot know what it missed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::{BusGuard, Inner};
+
+/// What a write changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    /// Products written: id and new version (`None`: deleted).
+    #[serde(rename = "p", default, skip_serializing_if = "Vec::is_empty")]
+    pub products: Vec<(i64, Option<i64>)>,
+    /// Page tags whose generation moves (`all`, `category:<slug>`, `categories`).
+    #[serde(rename = "t", default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Every list page is invalidated (a write whose effect on lists is not known precisely).
+    #[serde(rename = "a", default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_lists: bool,
+}
+
+/// A change as sent on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sending instance (random per process).
+    #[serde(rename = "o")]
+    pub origin: u64,
+    /// 1, 2, 3, ... per origin.
+    #[serde(rename = "s")]
+    pub seq: u64,
+    /// What changed.
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+/// What a bus delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusEvent {
+    /// A published payload, in publication order per publisher.
+    Payload(String),
+    /// Messages may have been lost (a reconnect, a trimmed feed): the receiver must flush.
+    Lost(&'static str),
+}
+
+/// Why a bus operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BusError(pub String);
+
+/// A transport for invalidation messages.
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// A short name for logs and metrics (`redis`, `postgres`, `sqlite`).
+    fn name(&self) -> &'static str;
+    /// Sends one payload to every subscriber (this instance included, which ignores its own).
+    async fn publish(&self, payload: &str) -> Result<(), BusError>;
+    /// Delivers payloads to `tx` until `tx` is closed, reconnecting as needed; sends
+    /// [`BusEvent::Lost`] whenever messages may have been missed (including after a reconnect).
+    async fn subscribe(&self, tx: mpsc::Sender<BusEvent>);
+}
+
+pub(crate) fn start(inner: Arc<Inner>, bus: Arc<dyn Bus>) -> BusGuard {
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Change>();
+    if let Ok(mut outbox) = inner.outbox.lock() {
+        *outbox = Some(out_tx);
+    }
+    let origin = inner.origin;
+    let publisher = {
+        let bus = bus.clone();
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while let Some(change) = out_rx.recv().await {
+                seq += 1;
+                let msg = Message {
+                    origin,
+                    seq,
+                    change,
+                };
+                let Ok(payload) = serde_json::to_string(&msg) else {
+                    continue;
+                };
+                // A few quick attempts; after that the message is dropped and its number stays
+                // unused, so every receiver sees the gap with the next message and flushes.
+                let mut delay = Duration::from_millis(10);
+                for attempt in 0..4 {
+                    match bus.publish(&payload).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            inner.stats.publish_errors.increment(1);
+                            tracing::warn!(bus = bus.name(), attempt, error = %e, "publishing a cache invalidation failed");
+                            tokio::time::sleep(delay).await;
+                            delay *= 4;
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let (in_tx, mut in_rx) = mpsc::channel::<BusEvent>(1024);
+    let subscriber = {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.subscribe(in_tx).await })
+    };
+    let applier = tokio::spawn(async move {
+        let mut last: HashMap<u64, u64> = HashMap::new();
+        while let Some(ev) = in_rx.recv().await {
+            match ev {
+                BusEvent::Lost(reason) => {
+                    last.clear();
+                    inner.flush(reason);
+                }
+                BusEvent::Payload(p) => {
+                    let msg: Message = match serde_json::from_str(&p) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring a malformed cache invalidation message");
+                            continue;
+                        }
+                    };
+                    if msg.origin == origin {
+                        continue;
+                    }
+                    match last.insert(msg.origin, msg.seq) {
+                        Some(prev) if msg.seq != prev + 1 => {
+                            if msg.seq <= prev {
+                                // A duplicate or a replay (the feed re-read): already applied.
+                                last.insert(msg.origin, prev);
+                                continue;
+                            }
+                            inner.flush("gap");
+                        }
+                        _ => {}
+                    }
+                    inner.stats.invalidations_remote.increment(1);
+                    inner.apply(&msg.change).await;
+                }
+            }
+        }
+    });
+    BusGuard {
+        tasks: vec![publisher, subscriber, applier],
+    }
+}

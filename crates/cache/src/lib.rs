@@ -1,0 +1,576 @@
+//! Cache-aside for the catalog: an in-process L1 bounded in bytes, kept consistent across instances by an
+//! invalidation bus.
+//!
+//! Role: answer reads from memory, load each missing key once per instance (single-flight), serve a stale
+//! value while one background refresh runs (stale-while-revalidate, and XFetch's probabilistic early
+//! refresh before expiry), remember ids that do not exist for a short time (negative caching), and apply
+//! every write's invalidation on this instance at once and on the others through a [`Bus`].
+//!
+//! Invariants:
+//! - A value carries its row version, and an older version never replaces a newer one: an invalidation
+//!   leaves a tombstone holding the lowest version that may be cached again, so a load that read the row
+//!   before the write cannot put the old row back.
+//! - List pages live under versioned keys (an epoch and a per-tag generation captured before the load); a
+//!   write bumps the generations of the tags it touches, so no page read before the write is served after
+//!   it. A flush (a missed invalidation message, a bus reconnect) bumps the epoch and empties L1.
+//! - A cache problem is never a client error: the loader's own errors are the only errors returned.
+//!
+//! Entry points: [`Cache::new`], [`Cache::disabled`], [`Cache::get_or_load`], [`Cache::invalidate`],
+//! [`Cache::page_key`], [`Cache::start_bus`].
+
+mod bus;
+mod stats;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::ops::compute::{CompResult, Op};
+
+pub use bus::{Bus, BusError, BusEvent, Change, Message};
+use stats::Stats;
+
+/// Tuning of the cache.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// L1 capacity: the sum of cached body sizes (plus a small per-entry overhead).
+    pub capacity_bytes: u64,
+    /// How long a product stays fresh (the article's ten minutes).
+    pub ttl: Duration,
+    /// How long a list page stays fresh (writes bump its generation, so this only bounds memory).
+    pub list_ttl: Duration,
+    /// After a value goes stale it is still served for this long while one refresh runs.
+    pub stale_while_revalidate: Duration,
+    /// How long "this id does not exist" is remembered.
+    pub negative_ttl: Duration,
+    /// Each TTL is spread by up to this fraction either way, so keys loaded together expire apart.
+    pub jitter: f64,
+    /// XFetch's beta: above 1 refreshes earlier, 0 turns early refresh off.
+    pub xfetch_beta: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            capacity_bytes: 64 * 1024 * 1024,
+            ttl: Duration::from_secs(600),
+            list_ttl: Duration::from_secs(600),
+            stale_while_revalidate: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            jitter: 0.1,
+            xfetch_beta: 1.0,
+        }
+    }
+}
+
+/// What is cached under a key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// One product by id.
+    Product(i64),
+    /// A list page (or the category list), under the epoch and generation it was read at.
+    Page(Arc<PageKey>),
+}
+
+/// A list page's versioned key: see [`Cache::page_key`].
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    epoch: u64,
+    tag: String,
+    generation: u64,
+    query: String,
+}
+
+impl Key {
+    fn weight(&self) -> usize {
+        match self {
+            Key::Product(_) => 16,
+            Key::Page(p) => 48 + p.tag.len() + p.query.len(),
+        }
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        match self {
+            Key::Product(_) => None,
+            Key::Page(p) => Some(p.epoch),
+        }
+    }
+}
+
+/// A cached answer: a serialized body and the version it shows, or "does not exist".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// The body (already serialized, served as is) and its version (a row version for products; 0 for
+    /// pages, whose key carries their version).
+    Present {
+        /// Version of the row (or 0).
+        version: i64,
+        /// The serialized body.
+        body: Bytes,
+    },
+    /// The thing does not exist (cached briefly).
+    Absent,
+}
+
+/// Where an answer came from, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A fresh L1 entry.
+    Hit,
+    /// A stale L1 entry (a refresh was started).
+    Stale,
+    /// Loaded now (by this request or by a concurrent one it waited for).
+    Loaded,
+    /// The cache is disabled.
+    Bypass,
+}
+
+#[derive(Debug)]
+enum State {
+    Value(Value),
+    /// Invalidated: only a value at least this version may be cached again (`deleted`: "absent" may be).
+    Tombstone {
+        min_version: i64,
+        deleted: bool,
+    },
+}
+
+/// One L1 entry.
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    /// Until then the value is fresh; after it, stale until `expires_after` has passed since `loaded_at`.
+    fresh_until: Instant,
+    loaded_at: Instant,
+    /// How long moka keeps the entry after it is written.
+    expires_after: Duration,
+    /// How long the load took (XFetch's delta).
+    load_time: Duration,
+    /// A background refresh is running.
+    refreshing: AtomicBool,
+    weight: u32,
+}
+
+impl Entry {
+    fn admits(&self, new: &Value) -> bool {
+        match (&self.state, new) {
+            (State::Tombstone { min_version, .. }, Value::Present { version, .. }) => {
+                version >= min_version
+            }
+            (State::Tombstone { deleted, .. }, Value::Absent) => *deleted,
+            (State::Value(Value::Present { version: old, .. }), Value::Present { version, .. }) => {
+                version >= old
+            }
+            // The database said the row is gone, and ids are never reused: that is the newest word.
+            (State::Value(_), Value::Absent) => true,
+            (State::Value(Value::Absent), Value::Present { .. }) => true,
+        }
+    }
+}
+
+struct Expiry;
+
+impl moka::Expiry<Key, Arc<Entry>> for Expiry {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        value: &Arc<Entry>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.expires_after)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Key,
+        value: &Arc<Entry>,
+        _updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.expires_after)
+    }
+}
+
+struct Inner {
+    settings: Settings,
+    l1: moka::future::Cache<Key, Arc<Entry>>,
+    /// Bumped by a flush: loads that started before it are not cached, and page keys change.
+    epoch: AtomicU64,
+    generations: Mutex<HashMap<String, u64>>,
+    stats: Stats,
+    /// Where this instance's invalidations go for the others (set by `start_bus`).
+    outbox: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Change>>>,
+    origin: u64,
+}
+
+/// The cache. Cheap to clone; clones share everything. [`Cache::disabled`] passes every read through.
+#[derive(Clone)]
+pub struct Cache {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("enabled", &self.inner.is_some())
+            .finish()
+    }
+}
+
+/// A key that is loaded on a miss: what the loader returns and how long it took.
+type Loaded = (Value, Duration);
+
+impl Cache {
+    /// An L1 cache with these settings.
+    pub fn new(settings: Settings) -> Cache {
+        let l1 = moka::future::Cache::builder()
+            .max_capacity(settings.capacity_bytes)
+            .weigher(|_k: &Key, e: &Arc<Entry>| e.weight)
+            .expire_after(Expiry)
+            .build();
+        Cache {
+            inner: Some(Arc::new(Inner {
+                settings,
+                l1,
+                epoch: AtomicU64::new(0),
+                generations: Mutex::new(HashMap::new()),
+                stats: Stats::new(),
+                outbox: Mutex::new(None),
+                origin: rand::random::<u64>(),
+            })),
+        }
+    }
+
+    /// No caching: every read calls its loader (the benchmark's baseline).
+    pub fn disabled() -> Cache {
+        Cache { inner: None }
+    }
+
+    /// True unless [`Cache::disabled`].
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The key of a list page: `tag` names what invalidates it (`all`, `category:<slug>`, ...), `query` what
+    /// distinguishes it from other pages under that tag. Take the key before loading the page.
+    pub fn page_key(&self, tag: &str, query: &str) -> Key {
+        let (epoch, generation) = match &self.inner {
+            Some(i) => (
+                i.epoch.load(Ordering::Acquire),
+                i.generations
+                    .lock()
+                    .map(|g| g.get(tag).copied().unwrap_or(0))
+                    .unwrap_or(0),
+            ),
+            None => (0, 0),
+        };
+        Key::Page(Arc::new(PageKey {
+            epoch,
+            tag: tag.to_owned(),
+            generation,
+            query: query.to_owned(),
+        }))
+    }
+
+    /// The cached value of `key`, or `load`'s answer on a miss. Concurrent misses of one key on this
+    /// instance share one load; a stale value is served while one background refresh runs.
+    pub async fn get_or_load<L, Fut, E>(&self, key: Key, load: L) -> Result<(Value, Source), E>
+    where
+        L: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, E>> + Send + 'static,
+        E: std::fmt::Display + Send + Sync + 'static,
+    {
+        let Some(inner) = &self.inner else {
+            return load().await.map(|v| (v, Source::Bypass));
+        };
+        let now = Instant::now();
+        if let Some(e) = inner.l1.get(&key).await {
+            if let State::Value(v) = &e.state {
+                if now < e.fresh_until {
+                    if inner.xfetch_due(&e, now) {
+                        inner.stats.early_refreshes.increment(1);
+                        self.refresh(key, &e, load);
+                    }
+                    inner.stats.hit(v);
+                    return Ok((v.clone(), Source::Hit));
+                }
+                inner.stats.l1_stale.increment(1);
+                self.refresh(key, &e, load);
+                return Ok((v.clone(), Source::Stale));
+            }
+        }
+        inner.stats.l1_miss.increment(1);
+        inner
+            .load_through(key, load, None)
+            .await
+            .map(|v| (v, Source::Loaded))
+    }
+
+    /// Starts one background refresh of `key` unless one is running.
+    fn refresh<L, Fut, E>(&self, key: Key, e: &Arc<Entry>, load: L)
+    where
+        L: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, E>> + Send + 'static,
+        E: std::fmt::Display + Send + Sync + 'static,
+    {
+        let Some(inner) = self.inner.clone() else {
+            return;
+        };
+        if e.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let seen = e.loaded_at;
+        tokio::spawn(async move {
+            if let Err(err) = inner.load_through(key, load, Some(seen)).await {
+                tracing::debug!(error = %err, "background cache refresh failed; the stale value stays");
+            }
+        });
+    }
+
+    /// Applies a write's invalidation here at once and sends it to the other instances.
+    pub async fn invalidate(&self, change: Change) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        inner.stats.invalidations_local.increment(1);
+        inner.apply(&change).await;
+        if let Ok(outbox) = inner.outbox.lock() {
+            if let Some(tx) = outbox.as_ref() {
+                let _ = tx.send(change);
+            }
+        }
+    }
+
+    /// Empties L1 and moves every page key to a new epoch (after a missed invalidation).
+    pub fn flush(&self, reason: &'static str) {
+        if let Some(inner) = &self.inner {
+            inner.flush(reason);
+        }
+    }
+
+    /// Entries in L1 now (approximate; for tests and diagnostics).
+    pub async fn entry_count(&self) -> u64 {
+        match &self.inner {
+            Some(i) => {
+                i.l1.run_pending_tasks().await;
+                i.l1.entry_count()
+            }
+            None => 0,
+        }
+    }
+
+    /// Connects the cache to a bus: this instance's invalidations are published on it, and the others'
+    /// are applied as they arrive. A gap in an instance's sequence numbers or a lost subscription flushes
+    /// L1. The tasks stop when the returned guard is dropped.
+    pub fn start_bus(&self, bus: Arc<dyn Bus>) -> BusGuard {
+        match &self.inner {
+            Some(inner) => bus::start(inner.clone(), bus),
+            None => BusGuard { tasks: Vec::new() },
+        }
+    }
+}
+
+/// Stops the bus tasks when dropped.
+#[derive(Debug)]
+pub struct BusGuard {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for BusGuard {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn jittered(&self, d: Duration) -> Duration {
+        let j = self.settings.jitter.clamp(0.0, 0.5);
+        if j == 0.0 {
+            return d;
+        }
+        let f = 1.0 + j * (2.0 * rand::random::<f64>() - 1.0);
+        d.mul_f64(f)
+    }
+
+    /// XFetch (Vattani et al.): refresh early with a probability that grows as expiry nears, scaled by
+    /// how long a load takes, so one request refreshes a hot key before it expires for everyone.
+    fn xfetch_due(&self, e: &Entry, now: Instant) -> bool {
+        let beta = self.settings.xfetch_beta;
+        if beta <= 0.0 || e.refreshing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
+        let ahead = e.load_time.mul_f64(beta * -u.ln());
+        now + ahead >= e.fresh_until
+    }
+
+    fn entry_for(&self, key: &Key, value: Value, load_time: Duration) -> Arc<Entry> {
+        let now = Instant::now();
+        let (fresh, stale) = match (&value, key) {
+            (Value::Absent, _) => (self.settings.negative_ttl, Duration::ZERO),
+            (_, Key::Product(_)) => (
+                self.jittered(self.settings.ttl),
+                self.settings.stale_while_revalidate,
+            ),
+            (_, Key::Page(_)) => (
+                self.jittered(self.settings.list_ttl),
+                self.settings.stale_while_revalidate,
+            ),
+        };
+        let body = match &value {
+            Value::Present { body, .. } => body.len(),
+            Value::Absent => 0,
+        };
+        Arc::new(Entry {
+            state: State::Value(value),
+            fresh_until: now + fresh,
+            loaded_at: now,
+            expires_after: fresh + stale,
+            load_time,
+            refreshing: AtomicBool::new(false),
+            weight: u32::try_from(body + key.weight() + 96).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Loads `key` under its per-key lock: waiters for the same key wait for the first load and then find
+    /// its entry (single-flight). `refresh_of`: a background refresh of the entry loaded at that time,
+    /// skipped when someone refreshed it meanwhile.
+    async fn load_through<L, Fut, E>(
+        self: &Arc<Self>,
+        key: Key,
+        load: L,
+        refresh_of: Option<Instant>,
+    ) -> Result<Value, E>
+    where
+        L: Fn() -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, E>> + Send + 'static,
+        E: std::fmt::Display + Send + Sync + 'static,
+    {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if key.epoch().is_some_and(|e| e != epoch) {
+            // Built before a flush: nobody will read it again; load without caching.
+            self.stats.loads.increment(1);
+            return load().await;
+        }
+        let loaded: Mutex<Option<Loaded>> = Mutex::new(None);
+        let this = self.clone();
+        let k = key.clone();
+        let result = self
+            .l1
+            .entry(key)
+            .and_try_compute_with(|cur| {
+                let loaded = &loaded;
+                async move {
+                    let now = Instant::now();
+                    if let Some(cur) = &cur {
+                        let e = cur.value();
+                        let usable = matches!(e.state, State::Value(_));
+                        match refresh_of {
+                            None if usable && now < e.fresh_until => {
+                                this.stats.coalesced.increment(1);
+                                return Ok(Op::Nop);
+                            }
+                            Some(seen) if usable && e.loaded_at != seen => return Ok(Op::Nop),
+                            _ => {}
+                        }
+                    }
+                    let started = Instant::now();
+                    this.stats.loads.increment(1);
+                    let value = load().await?;
+                    let took = started.elapsed();
+                    if let Ok(mut l) = loaded.lock() {
+                        *l = Some((value.clone(), took));
+                    }
+                    let admitted = this.epoch.load(Ordering::Acquire) == epoch
+                        && cur.as_ref().is_none_or(|c| c.value().admits(&value));
+                    if !admitted {
+                        this.stats.rejected.increment(1);
+                        return Ok(Op::Nop);
+                    }
+                    Ok(Op::Put(this.entry_for(&k, value, took)))
+                }
+            })
+            .await?;
+        let mine = loaded.lock().ok().and_then(|mut l| l.take());
+        Ok(match (result, mine) {
+            // This call's own load: its answer (cached or not) is what the caller gets.
+            (_, Some((v, _))) => v,
+            (CompResult::Unchanged(e), None)
+            | (CompResult::Inserted(e), None)
+            | (CompResult::ReplacedWith(e), None) => match &e.value().state {
+                State::Value(v) => v.clone(),
+                // Unreachable: a tombstone is never left unloaded. Treat it as absent to stay total.
+                State::Tombstone { .. } => Value::Absent,
+            },
+            (CompResult::Removed(_), None) | (CompResult::StillNone(_), None) => Value::Absent,
+        })
+    }
+
+    /// Applies an invalidation: tombstones for the products, new generations for the tags.
+    async fn apply(&self, change: &Change) {
+        for &(id, version) in &change.products {
+            let (min_version, deleted) = match version {
+                Some(v) => (v, false),
+                None => (i64::MAX, true),
+            };
+            let tombstone = Arc::new(Entry {
+                state: State::Tombstone {
+                    min_version,
+                    deleted,
+                },
+                fresh_until: Instant::now(),
+                loaded_at: Instant::now(),
+                // Longer than any load can take, so a load that read the old row finds it.
+                expires_after: Duration::from_secs(60),
+                load_time: Duration::ZERO,
+                refreshing: AtomicBool::new(false),
+                weight: 128,
+            });
+            self.l1
+                .entry(Key::Product(id))
+                .and_compute_with(|cur| async move {
+                    let newer = cur.as_ref().is_some_and(|c| match &c.value().state {
+                        State::Value(Value::Present { version, .. }) => {
+                            !deleted && *version >= min_version
+                        }
+                        State::Tombstone {
+                            min_version: m,
+                            deleted: d,
+                        } => *m >= min_version && (*d || !deleted),
+                        State::Value(Value::Absent) => false,
+                    });
+                    if newer {
+                        Op::Nop
+                    } else {
+                        Op::Put(tombstone)
+                    }
+                })
+                .await;
+        }
+        if change.all_lists {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        if !change.tags.is_empty() {
+            if let Ok(mut g) = self.generations.lock() {
+                for t in &change.tags {
+                    *g.entry(t.clone()).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+
+    fn flush(&self, reason: &'static str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.l1.invalidate_all();
+        self.stats.flush(reason);
+        tracing::info!(reason, "cache flushed");
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,409 @@
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+
+fn present(version: i64) -> Value {
+    Value::Present {
+        version,
+        body: Bytes::from(format!("{{\"version\":{version}}}")),
+    }
+}
+
+/// A "database" row: its version (0 = absent), how many loads reached it, and a load delay.
+#[derive(Clone)]
+struct Row {
+    version: Arc<AtomicI64>,
+    loads: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+impl Row {
+    fn new(version: i64, delay_ms: u64) -> Row {
+        Row {
+            version: Arc::new(AtomicI64::new(version)),
+            loads: Arc::new(AtomicUsize::new(0)),
+            delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    /// The loader: reads the version first, then waits (as a query whose answer is in flight).
+    fn loader(
+        &self,
+    ) -> impl Fn() -> futures::future::BoxFuture<'static, Result<Value, String>>
+           + Clone
+           + Send
+           + Sync
+           + 'static {
+        let row = self.clone();
+        move || {
+            let row = row.clone();
+            Box::pin(async move {
+                row.loads.fetch_add(1, Ordering::SeqCst);
+                let v = row.version.load(Ordering::SeqCst);
+                tokio::time::sleep(row.delay).await;
+                Ok(if v == 0 { Value::Absent } else { present(v) })
+            })
+        }
+    }
+
+    fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+fn cache() -> Cache {
+    Cache::new(Settings {
+        xfetch_beta: 0.0,
+        ..Settings::default()
+    })
+}
+
+#[tokio::test]
+async fn a_second_read_is_a_hit() {
+    let c = cache();
+    let row = Row::new(3, 0);
+    let (v, s) = c.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    assert_eq!((v, s), (present(3), Source::Loaded));
+    let (v, s) = c.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    assert_eq!((v, s), (present(3), Source::Hit));
+    assert_eq!(row.loads(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_load() {
+    let c = cache();
+    let row = Row::new(7, 30);
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let c = c.clone();
+        let l = row.loader();
+        tasks.push(tokio::spawn(async move {
+            c.get_or_load(Key::Product(42), l).await.unwrap().0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), present(7));
+    }
+    assert_eq!(
+        row.loads(),
+        1,
+        "1,000 concurrent misses must cause one load"
+    );
+}
+
+#[tokio::test]
+async fn a_load_that_read_before_a_write_is_not_cached_after_it() {
+    let c = cache();
+    let row = Row::new(1, 50);
+    // A read starts and reads version 1; while its answer is in flight the row is written.
+    let reader = {
+        let c = c.clone();
+        let l = row.loader();
+        tokio::spawn(async move { c.get_or_load(Key::Product(5), l).await.unwrap().0 })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    row.version.store(2, Ordering::SeqCst);
+    c.invalidate(Change {
+        products: vec![(5, Some(2))],
+        ..Change::default()
+    })
+    .await;
+    // The reader saw the row before the write: it may return version 1 ...
+    assert_eq!(reader.await.unwrap(), present(1));
+    // ... but nobody reads version 1 after the invalidation returned.
+    let (v, _) = c.get_or_load(Key::Product(5), row.loader()).await.unwrap();
+    assert_eq!(v, present(2));
+}
+
+#[tokio::test]
+async fn an_older_version_never_replaces_a_newer_one() {
+    let c = cache();
+    c.invalidate(Change {
+        products: vec![(9, Some(5))],
+        ..Change::default()
+    })
+    .await;
+    // A straggling load of version 4 (read before the write) is answered but not cached.
+    let old = Row::new(4, 0);
+    let (v, _) = c.get_or_load(Key::Product(9), old.loader()).await.unwrap();
+    assert_eq!(v, present(4));
+    let new = Row::new(5, 0);
+    let (v, s) = c.get_or_load(Key::Product(9), new.loader()).await.unwrap();
+    assert_eq!((v, s), (present(5), Source::Loaded));
+    let (v, s) = c.get_or_load(Key::Product(9), old.loader()).await.unwrap();
+    assert_eq!((v, s), (present(5), Source::Hit));
+}
+
+#[tokio::test]
+async fn unknown_ids_are_remembered_until_created() {
+    let c = cache();
+    let row = Row::new(0, 0);
+    for _ in 0..100 {
+        let (v, _) = c.get_or_load(Key::Product(77), row.loader()).await.unwrap();
+        assert_eq!(v, Value::Absent);
+    }
+    assert_eq!(
+        row.loads(),
+        1,
+        "a flood of one unknown id reaches the database once"
+    );
+    row.version.store(1, Ordering::SeqCst);
+    c.invalidate(Change {
+        products: vec![(77, Some(1))],
+        ..Change::default()
+    })
+    .await;
+    let (v, _) = c.get_or_load(Key::Product(77), row.loader()).await.unwrap();
+    assert_eq!(v, present(1));
+}
+
+#[tokio::test]
+async fn a_deleted_product_reads_as_absent() {
+    let c = cache();
+    let row = Row::new(3, 0);
+    c.get_or_load(Key::Product(8), row.loader()).await.unwrap();
+    row.version.store(0, Ordering::SeqCst);
+    c.invalidate(Change {
+        products: vec![(8, None)],
+        ..Change::default()
+    })
+    .await;
+    let (v, _) = c.get_or_load(Key::Product(8), row.loader()).await.unwrap();
+    assert_eq!(v, Value::Absent);
+    // A straggler that read the row before the delete cannot bring it back.
+    let straggler = Row::new(3, 0);
+    c.get_or_load(Key::Product(8), straggler.loader())
+        .await
+        .unwrap();
+    let (v, _) = c.get_or_load(Key::Product(8), row.loader()).await.unwrap();
+    assert_eq!(v, Value::Absent);
+}
+
+#[tokio::test]
+async fn stale_values_are_served_while_one_refresh_runs() {
+    let c = Cache::new(Settings {
+        ttl: Duration::from_millis(30),
+        jitter: 0.0,
+        xfetch_beta: 0.0,
+        stale_while_revalidate: Duration::from_secs(30),
+        ..Settings::default()
+    });
+    let row = Row::new(1, 40);
+    c.get_or_load(Key::Product(3), row.loader()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    row.version.store(2, Ordering::SeqCst);
+    for _ in 0..50 {
+        let (v, s) = c.get_or_load(Key::Product(3), row.loader()).await.unwrap();
+        assert_eq!(
+            (v, s),
+            (present(1), Source::Stale),
+            "served at once, not waiting for the load"
+        );
+    }
+    crate::tests::eventually(|| {
+        let c = c.clone();
+        let row = row.clone();
+        async move {
+            c.get_or_load(Key::Product(3), row.loader())
+                .await
+                .unwrap()
+                .0
+                == present(2)
+        }
+    })
+    .await;
+    assert_eq!(row.loads(), 2, "one refresh for all the stale reads");
+}
+
+#[tokio::test]
+async fn xfetch_refreshes_a_hot_key_before_it_expires() {
+    let c = Cache::new(Settings {
+        ttl: Duration::from_millis(300),
+        jitter: 0.0,
+        xfetch_beta: 1.0,
+        stale_while_revalidate: Duration::ZERO,
+        ..Settings::default()
+    });
+    // A slow load (100 ms) makes early refresh likely in the last stretch before expiry.
+    let row = Row::new(1, 100);
+    c.get_or_load(Key::Product(4), row.loader()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_millis(290);
+    while Instant::now() < deadline {
+        let (_, s) = c.get_or_load(Key::Product(4), row.loader()).await.unwrap();
+        assert_eq!(s, Source::Hit);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        row.loads() >= 2,
+        "a hot key was refreshed before it expired"
+    );
+}
+
+#[tokio::test]
+async fn page_keys_move_with_their_tags() {
+    let c = cache();
+    let k1 = c.page_key("category:books", "limit=20");
+    assert_eq!(k1, c.page_key("category:books", "limit=20"));
+    c.invalidate(Change {
+        tags: vec!["category:books".into()],
+        ..Change::default()
+    })
+    .await;
+    let k2 = c.page_key("category:books", "limit=20");
+    assert_ne!(k1, k2);
+    assert_eq!(
+        c.page_key("all", "limit=20"),
+        c.page_key("all", "limit=20"),
+        "other tags keep their keys"
+    );
+    let all = c.page_key("all", "limit=20");
+    c.invalidate(Change {
+        all_lists: true,
+        ..Change::default()
+    })
+    .await;
+    assert_ne!(all, c.page_key("all", "limit=20"));
+}
+
+#[tokio::test]
+async fn a_page_key_taken_before_a_write_is_not_cached() {
+    let c = cache();
+    let k = c.page_key("all", "");
+    c.flush("test");
+    let row = Row::new(1, 0);
+    c.get_or_load(k.clone(), row.loader()).await.unwrap();
+    c.get_or_load(k, row.loader()).await.unwrap();
+    assert_eq!(row.loads(), 2, "a key from before a flush is never cached");
+}
+
+#[tokio::test]
+async fn disabled_loads_every_time() {
+    let c = Cache::disabled();
+    let row = Row::new(1, 0);
+    for _ in 0..3 {
+        let (_, s) = c.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+        assert_eq!(s, Source::Bypass);
+    }
+    assert_eq!(row.loads(), 3);
+}
+
+#[tokio::test]
+async fn loader_errors_reach_the_caller_and_are_not_cached() {
+    let c = cache();
+    let failing = || async { Err::<Value, String>("database down".into()) };
+    let e = c.get_or_load(Key::Product(1), failing).await.unwrap_err();
+    assert_eq!(e, "database down");
+    let row = Row::new(2, 0);
+    let (v, _) = c.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    assert_eq!(v, present(2));
+}
+
+/// An in-process bus: a broadcast channel standing in for the transport (the real transports are
+/// tested against real Redis, PostgreSQL and SQLite elsewhere).
+struct LocalBus {
+    tx: tokio::sync::broadcast::Sender<String>,
+}
+
+#[async_trait::async_trait]
+impl Bus for LocalBus {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+    async fn publish(&self, payload: &str) -> Result<(), BusError> {
+        let _ = self.tx.send(payload.to_owned());
+        Ok(())
+    }
+    async fn subscribe(&self, tx: tokio::sync::mpsc::Sender<BusEvent>) {
+        let mut rx = self.tx.subscribe();
+        let _ = tx.send(BusEvent::Lost("subscribed")).await;
+        while let Ok(p) = rx.recv().await {
+            if tx.send(BusEvent::Payload(p)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn eventually<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f().await {
+        assert!(Instant::now() < deadline, "condition not met within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn invalidations_reach_other_instances_and_gaps_flush() {
+    let (tx, _) = tokio::sync::broadcast::channel(64);
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus { tx: tx.clone() });
+    let a = cache();
+    let b = cache();
+    let _ga = a.start_bus(bus.clone());
+    let _gb = b.start_bus(bus.clone());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let row = Row::new(1, 0);
+    b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    row.version.store(2, Ordering::SeqCst);
+    a.invalidate(Change {
+        products: vec![(1, Some(2))],
+        ..Change::default()
+    })
+    .await;
+    eventually(|| {
+        let b = b.clone();
+        let row = row.clone();
+        async move {
+            b.get_or_load(Key::Product(1), row.loader())
+                .await
+                .unwrap()
+                .0
+                == present(2)
+        }
+    })
+    .await;
+
+    // A message from another origin that skips a number: B cannot know what it missed, so it flushes.
+    b.get_or_load(Key::Product(2), row.loader()).await.unwrap();
+    assert!(b.entry_count().await >= 1);
+    for seq in [1, 3] {
+        let m = Message {
+            origin: 99,
+            seq,
+            change: Change::default(),
+        };
+        bus.publish(&serde_json::to_string(&m).unwrap())
+            .await
+            .unwrap();
+    }
+    eventually(|| {
+        let b = b.clone();
+        async move { b.entry_count().await == 0 }
+    })
+    .await;
+}
+
+#[test]
+fn messages_are_compact_json() {
+    let m = Message {
+        origin: 1,
+        seq: 2,
+        change: Change {
+            products: vec![(5, Some(3)), (6, None)],
+            tags: vec!["all".into()],
+            all_lists: false,
+        },
+    };
+    let s = serde_json::to_string(&m).unwrap();
+    assert_eq!(s, r#"{"o":1,"s":2,"p":[[5,3],[6,null]],"t":["all"]}"#);
+    assert_eq!(serde_json::from_str::<Message>(&s).unwrap(), m);
+}
