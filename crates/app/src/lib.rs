@@ -10,6 +10,7 @@
 //! Entry points: [`App::new`], [`App::router`] (for `tower::ServiceExt::oneshot` tests), [`App::serve`]
 //! (takes a bound listener and a shutdown future), [`App::openapi`].
 
+mod cached;
 mod error;
 mod extract;
 mod observe;
@@ -26,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use secrecy::SecretString;
-use tenfold_config::HttpConfig;
+use tenfold_config::{CacheConfig, HttpConfig};
 use tenfold_store::Store;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
@@ -55,6 +56,7 @@ pub(crate) struct Inner {
     pub(crate) body_limit: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) http: HttpConfig,
+    pub(crate) caching: cached::Caching,
 }
 
 #[derive(OpenApi)]
@@ -82,10 +84,18 @@ impl Modify for BearerAuth {
 }
 
 impl App {
-    /// A service over `store` with the HTTP settings of `http`.
+    /// A service over `store` with the HTTP settings of `http` and the default cache (L1, invalidated
+    /// through the store's change feed).
     pub fn new(store: Store, http: HttpConfig) -> App {
+        Self::with_cache(store, http, &CacheConfig::default())
+    }
+
+    /// A service with the cache settings of `cache` (`enabled = false`: every read goes to the store).
+    /// Call it inside a tokio runtime: the cache's invalidation tasks start on it.
+    pub fn with_cache(store: Store, http: HttpConfig, cache: &CacheConfig) -> App {
         App {
             inner: Arc::new(Inner {
+                caching: cached::Caching::new(&store, cache),
                 store,
                 api_key: http.api_key.clone(),
                 body_limit: http.body_limit_bytes,
@@ -97,6 +107,10 @@ impl App {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn cache(&self) -> &tenfold_cache::Cache {
+        &self.inner.caching.cache
     }
 
     fn api() -> (Router<App>, utoipa::openapi::OpenApi) {

@@ -103,7 +103,16 @@ pub(crate) async fn observe(State(app): State<App>, mut req: Request, next: Next
             tracing::debug!(target: "tenfold_app::access", status, micros = elapsed.as_micros() as u64, "request");
         }
     });
-    resp.headers_mut().insert(X_REQUEST_ID.clone(), id);
+    let h = resp.headers_mut();
+    h.insert(X_REQUEST_ID.clone(), id);
+    // Only catalog reads say they may be cached (public, with validators); everything else — writes,
+    // errors, health, metrics — must not be.
+    if !h.contains_key(axum::http::header::CACHE_CONTROL) {
+        h.insert(
+            axum::http::header::CACHE_CONTROL,
+            axum::http::HeaderValue::from_static("no-store"),
+        );
+    }
     resp
 }
 

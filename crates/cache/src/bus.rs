@@ -1,7 +1,7 @@
 //! The invalidation bus: how one instance's writes reach every other instance's L1.
 //!
-//! A [`Bus`] moves opaque text payloads (Redis pub/sub, PostgreSQL LISTEN/NOTIFY, or a change-feed table
-//! for SQLite). On top of it every instance publishes its changes from one task, numbered 1, 2, 3, ...
+//! A [`ChangeFeed`] moves opaque text payloads (Redis pub/sub, PostgreSQL LISTEN/NOTIFY, or a change-feed
+//! table for SQLite). On top of it every instance publishes its changes from one task, numbered 1, 2, 3, ...
 //! under a random origin id; a receiver that sees a number skipped for an origin, or is told by the bus
 //! that it may have lost messages (a reconnect), flushes its L1: it cannot know what it missed.
 
@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+
+use tenfold_store::{ChangeFeed, FeedEvent};
 
 use crate::{BusGuard, Inner};
 
@@ -42,33 +44,7 @@ pub struct Message {
     pub change: Change,
 }
 
-/// What a bus delivers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusEvent {
-    /// A published payload, in publication order per publisher.
-    Payload(String),
-    /// Messages may have been lost (a reconnect, a trimmed feed): the receiver must flush.
-    Lost(&'static str),
-}
-
-/// Why a bus operation failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BusError(pub String);
-
-/// A transport for invalidation messages.
-#[async_trait::async_trait]
-pub trait Bus: Send + Sync + 'static {
-    /// A short name for logs and metrics (`redis`, `postgres`, `sqlite`).
-    fn name(&self) -> &'static str;
-    /// Sends one payload to every subscriber (this instance included, which ignores its own).
-    async fn publish(&self, payload: &str) -> Result<(), BusError>;
-    /// Delivers payloads to `tx` until `tx` is closed, reconnecting as needed; sends
-    /// [`BusEvent::Lost`] whenever messages may have been missed (including after a reconnect).
-    async fn subscribe(&self, tx: mpsc::Sender<BusEvent>);
-}
-
-pub(crate) fn start(inner: Arc<Inner>, bus: Arc<dyn Bus>) -> BusGuard {
+pub(crate) fn start(inner: Arc<Inner>, bus: Arc<dyn ChangeFeed>) -> BusGuard {
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Change>();
     if let Ok(mut outbox) = inner.outbox.lock() {
         *outbox = Some(out_tx);
@@ -106,7 +82,7 @@ pub(crate) fn start(inner: Arc<Inner>, bus: Arc<dyn Bus>) -> BusGuard {
             }
         })
     };
-    let (in_tx, mut in_rx) = mpsc::channel::<BusEvent>(1024);
+    let (in_tx, mut in_rx) = mpsc::channel::<FeedEvent>(1024);
     let subscriber = {
         let bus = bus.clone();
         tokio::spawn(async move { bus.subscribe(in_tx).await })
@@ -115,11 +91,11 @@ pub(crate) fn start(inner: Arc<Inner>, bus: Arc<dyn Bus>) -> BusGuard {
         let mut last: HashMap<u64, u64> = HashMap::new();
         while let Some(ev) = in_rx.recv().await {
             match ev {
-                BusEvent::Lost(reason) => {
+                FeedEvent::Lost(reason) => {
                     last.clear();
                     inner.flush(reason);
                 }
-                BusEvent::Payload(p) => {
+                FeedEvent::Payload(p) => {
                     let msg: Message = match serde_json::from_str(&p) {
                         Ok(m) => m,
                         Err(e) => {

@@ -4,7 +4,7 @@
 //! Role: answer reads from memory, load each missing key once per instance (single-flight), serve a stale
 //! value while one background refresh runs (stale-while-revalidate, and XFetch's probabilistic early
 //! refresh before expiry), remember ids that do not exist for a short time (negative caching), and apply
-//! every write's invalidation on this instance at once and on the others through a [`Bus`].
+//! every write's invalidation on this instance at once and on the others through a [`ChangeFeed`].
 //!
 //! Invariants:
 //! - A value carries its row version, and an older version never replaces a newer one: an invalidation
@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
 
-pub use bus::{Bus, BusError, BusEvent, Change, Message};
+pub use bus::{Change, Message};
 use stats::Stats;
+pub use tenfold_store::{ChangeFeed, FeedError, FeedEvent};
 
 /// Tuning of the cache.
 #[derive(Debug, Clone)]
@@ -365,7 +366,7 @@ impl Cache {
     /// Connects the cache to a bus: this instance's invalidations are published on it, and the others'
     /// are applied as they arrive. A gap in an instance's sequence numbers or a lost subscription flushes
     /// L1. The tasks stop when the returned guard is dropped.
-    pub fn start_bus(&self, bus: Arc<dyn Bus>) -> BusGuard {
+    pub fn start_bus(&self, bus: Arc<dyn ChangeFeed>) -> BusGuard {
         match &self.inner {
             Some(inner) => bus::start(inner.clone(), bus),
             None => BusGuard { tasks: Vec::new() },

@@ -311,19 +311,19 @@ struct LocalBus {
 }
 
 #[async_trait::async_trait]
-impl Bus for LocalBus {
+impl ChangeFeed for LocalBus {
     fn name(&self) -> &'static str {
         "local"
     }
-    async fn publish(&self, payload: &str) -> Result<(), BusError> {
+    async fn publish(&self, payload: &str) -> Result<(), FeedError> {
         let _ = self.tx.send(payload.to_owned());
         Ok(())
     }
-    async fn subscribe(&self, tx: tokio::sync::mpsc::Sender<BusEvent>) {
+    async fn subscribe(&self, tx: tokio::sync::mpsc::Sender<FeedEvent>) {
         let mut rx = self.tx.subscribe();
-        let _ = tx.send(BusEvent::Lost("subscribed")).await;
+        let _ = tx.send(FeedEvent::Lost("subscribed")).await;
         while let Ok(p) = rx.recv().await {
-            if tx.send(BusEvent::Payload(p)).await.is_err() {
+            if tx.send(FeedEvent::Payload(p)).await.is_err() {
                 return;
             }
         }
@@ -345,7 +345,7 @@ where
 #[tokio::test]
 async fn invalidations_reach_other_instances_and_gaps_flush() {
     let (tx, _) = tokio::sync::broadcast::channel(64);
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus { tx: tx.clone() });
+    let bus: Arc<dyn ChangeFeed> = Arc::new(LocalBus { tx: tx.clone() });
     let a = cache();
     let b = cache();
     let _ga = a.start_bus(bus.clone());

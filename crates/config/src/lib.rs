@@ -43,6 +43,53 @@ pub struct Config {
     pub log: LogConfig,
     /// Load balancer settings (`tenfold lb`).
     pub lb: LbConfig,
+    /// Cache settings.
+    pub cache: CacheConfig,
+}
+
+/// Settings of the cache (in-process L1, optional Redis L2) and of HTTP caching.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Cache reads at all (false: every read goes to the database; the benchmark baseline).
+    pub enabled: bool,
+    /// L1 capacity in MiB of cached bodies.
+    pub capacity_mib: u64,
+    /// How long a product stays fresh, in milliseconds.
+    pub ttl_ms: u64,
+    /// How long a list page stays fresh, in milliseconds (writes invalidate pages at once anyway).
+    pub list_ttl_ms: u64,
+    /// How long a stale value is still served while one refresh runs, in milliseconds.
+    pub stale_while_revalidate_ms: u64,
+    /// How long an unknown id is remembered, in milliseconds.
+    pub negative_ttl_ms: u64,
+    /// `redis://host:port[/db]`: the shared L2 and the invalidation channel. Unset: L1 alone, with the
+    /// database's own change feed (SQLite table, PostgreSQL LISTEN/NOTIFY) for invalidations.
+    #[serde(serialize_with = "mask_opt_url")]
+    pub redis_url: Option<SecretString>,
+    /// Deadline of each Redis command, in milliseconds; slower means "Redis is down" for this read.
+    pub redis_timeout_ms: u64,
+    /// `Cache-Control: max-age` of catalog reads, in seconds.
+    pub http_max_age_s: u32,
+    /// `Cache-Control: stale-while-revalidate` of catalog reads, in seconds.
+    pub http_stale_while_revalidate_s: u32,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            capacity_mib: 64,
+            ttl_ms: 600_000,
+            list_ttl_ms: 600_000,
+            stale_while_revalidate_ms: 60_000,
+            negative_ttl_ms: 5_000,
+            redis_url: None,
+            redis_timeout_ms: 50,
+            http_max_age_s: 5,
+            http_stale_while_revalidate_s: 30,
+        }
+    }
 }
 
 /// One backend of the load balancer.
@@ -317,6 +364,10 @@ pub struct Overrides {
     pub lb_algorithm: Option<String>,
     /// `tenfold lb --backend` (replaces the configured list when given).
     pub lb_backends: Option<Vec<BackendSpec>>,
+    /// `--redis-url`.
+    pub redis_url: Option<String>,
+    /// `--no-cache` (Some(false)).
+    pub cache_enabled: Option<bool>,
 }
 
 /// Short environment names for the settings people set most; any key can also be set as
@@ -328,6 +379,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("log_format", "log.format"),
     ("log_level", "log.level"),
     ("admin_token", "lb.admin_token"),
+    ("redis_url", "cache.redis_url"),
 ];
 
 impl Config {
@@ -399,6 +451,12 @@ impl Config {
         if let Some(v) = &o.lb_backends {
             fig = fig.merge(Serialized::default("lb.backends", v));
         }
+        if let Some(v) = &o.redis_url {
+            fig = fig.merge(Serialized::default("cache.redis_url", v));
+        }
+        if let Some(v) = o.cache_enabled {
+            fig = fig.merge(Serialized::default("cache.enabled", v));
+        }
         Ok(fig)
     }
 
@@ -444,6 +502,32 @@ impl Config {
         }
         if let Err(m) = DatabaseKind::of(self.database.url.expose_secret()) {
             return invalid("database.url", &m);
+        }
+        let c = &self.cache;
+        if !(1..=65_536).contains(&c.capacity_mib) {
+            return invalid("cache.capacity_mib", "must be between 1 and 65536");
+        }
+        for (field, v) in [
+            ("cache.ttl_ms", c.ttl_ms),
+            ("cache.list_ttl_ms", c.list_ttl_ms),
+            ("cache.negative_ttl_ms", c.negative_ttl_ms),
+            ("cache.redis_timeout_ms", c.redis_timeout_ms),
+        ] {
+            if !(1..=86_400_000).contains(&v) {
+                return invalid(field, "must be between 1 ms and one day");
+            }
+        }
+        if c.stale_while_revalidate_ms > 86_400_000 {
+            return invalid("cache.stale_while_revalidate_ms", "must be at most one day");
+        }
+        if let Some(u) = &c.redis_url {
+            let u = u.expose_secret();
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return invalid(
+                    "cache.redis_url",
+                    "must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379",
+                );
+            }
         }
         let lb = &self.lb;
         for (field, v) in [
@@ -542,6 +626,13 @@ impl DatabaseKind {
 fn mask_opt<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(_) => s.serialize_str("********"),
+        None => s.serialize_none(),
+    }
+}
+
+fn mask_opt_url<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(u) => s.serialize_str(&mask_password(u.expose_secret())),
         None => s.serialize_none(),
     }
 }

@@ -166,6 +166,30 @@ async fn connect_postgres(opts: &ConnectOptions) -> Result<SqlStore<Postgres>, S
     })
 }
 
+/// How often each instance polls the SQLite change feed (the staleness bound's main term).
+const SQLITE_FEED_POLL: Duration = Duration::from_millis(10);
+/// How long SQLite change-feed rows are kept.
+const SQLITE_FEED_KEEP: Duration = Duration::from_secs(600);
+
+impl SqlStore<Sqlite> {
+    fn feed(&self) -> Arc<dyn crate::ChangeFeed> {
+        Arc::new(crate::feed::SqliteFeed {
+            writer: self.writer.clone(),
+            readers: self.readers.clone(),
+            poll: SQLITE_FEED_POLL,
+            keep: SQLITE_FEED_KEEP,
+        })
+    }
+}
+
+impl SqlStore<Postgres> {
+    fn feed(&self) -> Arc<dyn crate::ChangeFeed> {
+        Arc::new(crate::feed::PgFeed {
+            pool: self.writer.clone(),
+        })
+    }
+}
+
 /// A SQL store on one engine. For PostgreSQL `readers` and `writer` are the same pool.
 pub(crate) struct SqlStore<DB: Database> {
     readers: Pool<DB>,
@@ -285,6 +309,10 @@ macro_rules! impl_catalog_store {
         impl CatalogStore for SqlStore<$db> {
             fn engine(&self) -> Engine {
                 self.engine
+            }
+
+            fn change_feed(&self) -> Arc<dyn crate::ChangeFeed> {
+                self.feed()
             }
 
             async fn migrate(&self) -> Result<(), StoreError> {

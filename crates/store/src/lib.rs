@@ -14,6 +14,7 @@ mod cursor;
 mod engine;
 mod error;
 mod fast;
+mod feed;
 mod sql;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tenfold_catalog::{Category, NewCategory, NewProduct, Product, ProductId, Pro
 pub use cursor::Cursor;
 pub use engine::{connect, ConnectOptions, Engine};
 pub use error::StoreError;
+pub use feed::{ChangeFeed, FeedError, FeedEvent};
 
 /// A shared handle to the catalog store; cheap to clone.
 pub type Store = Arc<dyn CatalogStore>;
@@ -139,6 +141,10 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Number of products.
     async fn count_products(&self) -> Result<i64, StoreError>;
+
+    /// The engine's change feed (SQLite: a polled table; PostgreSQL: LISTEN/NOTIFY), used to carry cache
+    /// invalidations between instances that share this database.
+    fn change_feed(&self) -> Arc<dyn ChangeFeed>;
 
     /// Closes the pools, waiting for connections in use to be returned.
     async fn close(&self);

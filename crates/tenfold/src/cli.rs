@@ -31,6 +31,12 @@ pub(crate) struct Global {
     /// Log filter, e.g. info or tenfold_app::access=debug,info.
     #[arg(long, global = true, value_name = "FILTER")]
     pub(crate) log_level: Option<String>,
+    /// Redis URL for the shared L2 cache and cross-instance invalidation, e.g. redis://127.0.0.1:6379.
+    #[arg(long, global = true, value_name = "URL")]
+    pub(crate) redis_url: Option<String>,
+    /// Turn caching off (every read goes to the database).
+    #[arg(long, global = true)]
+    pub(crate) no_cache: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -174,6 +180,8 @@ impl Cli {
                 LogFormatArg::Json => LogFormat::Json,
             }),
             log_level: self.global.log_level.clone(),
+            redis_url: self.global.redis_url.clone(),
+            cache_enabled: self.global.no_cache.then_some(false),
         };
         Config::load(self.global.config.as_deref(), &overrides)
     }

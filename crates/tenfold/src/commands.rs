@@ -115,7 +115,8 @@ pub(crate) async fn run(
             out.flush()?;
             drop(out);
             tracing::info!(%addr, database = %tenfold_config::mask_password(config.database.url.expose_secret()), "serving");
-            let app = tenfold_app::App::new(store.clone(), config.http.clone());
+            let app =
+                tenfold_app::App::with_cache(store.clone(), config.http.clone(), &config.cache);
             let stop = async move {
                 if exit_on_stdin_eof {
                     tokio::select! {

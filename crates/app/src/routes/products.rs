@@ -14,7 +14,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiQuery, ProductIdPath, Writer};
-use crate::App;
+use crate::{cached, App};
+use tenfold_cache::{Key, Value};
+use tenfold_store::StoreError;
 
 /// Default page size of `GET /api/products`.
 const DEFAULT_PAGE: u32 = 20;
@@ -136,13 +138,31 @@ fn not_found(id: tenfold_catalog::ProductId) -> ApiError {
 pub(crate) async fn get_product(
     State(app): State<App>,
     ProductIdPath(id): ProductIdPath,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let product = app
-        .store()
-        .get_product(id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    Ok(with_etag(StatusCode::OK, product))
+    let store = app.store().clone();
+    let (value, _) = app
+        .cache()
+        .get_or_load(Key::Product(id.get()), move || {
+            let store = store.clone();
+            async move {
+                Ok::<_, StoreError>(match store.get_product(id).await? {
+                    Some(p) => Value::Present {
+                        version: p.version,
+                        body: cached::to_body(&p),
+                    },
+                    None => Value::Absent,
+                })
+            }
+        })
+        .await?;
+    let (version, body) = cached::present(value).ok_or_else(|| not_found(id))?;
+    Ok(cached::answer(
+        &headers,
+        body,
+        etag(version),
+        &app.inner.caching.public,
+    ))
 }
 
 /// Query parameters of `GET /api/products`.
@@ -199,7 +219,8 @@ pub struct ProductPage {
 pub(crate) async fn list_products(
     State(app): State<App>,
     ApiQuery(p): ApiQuery<ListParams>,
-) -> ApiResult<Json<ProductPage>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let mut errs = tenfold_catalog::ValidationErrors::default();
     let limit = match p.limit {
         None => Some(DEFAULT_PAGE),
@@ -231,33 +252,73 @@ pub(crate) async fn list_products(
         return Err(ApiError::Validation(errs));
     }
     let limit = limit.unwrap_or(DEFAULT_PAGE);
-    let page = app
-        .store()
-        .list_products(&ListQuery {
-            category,
-            search: search.clone(),
-            after,
-            limit,
+    let query = ListQuery {
+        category,
+        search,
+        after,
+        limit,
+    };
+    // Everything that tells this page from another under the same tag.
+    let canonical = {
+        let mut c = form_urlencoded::Serializer::new(String::new());
+        if let Some(s) = &query.search {
+            c.append_pair("q", s);
+        }
+        if let Some(cursor) = &p.cursor {
+            c.append_pair("cursor", cursor);
+        }
+        c.append_pair("limit", &limit.to_string());
+        c.finish()
+    };
+    let key = app.cache().page_key(
+        &cached::list_tag(query.category.as_ref().map(|c| c.as_str())),
+        &canonical,
+    );
+    let store = app.store().clone();
+    let (value, _) = app
+        .cache()
+        .get_or_load(key, move || {
+            let store = store.clone();
+            let query = query.clone();
+            async move {
+                let page = store.list_products(&query).await?;
+                Ok::<_, StoreError>(Value::Present {
+                    version: 0,
+                    body: cached::to_body(&product_page(page, &query)),
+                })
+            }
         })
         .await?;
+    let (_, body) = cached::present(value).unwrap_or_default();
+    let tag = cached::body_etag(&body);
+    Ok(cached::answer(
+        &headers,
+        body,
+        tag,
+        &app.inner.caching.public,
+    ))
+}
+
+/// The response body of a page: the items, and the cursor and URL of the next page.
+fn product_page(page: tenfold_store::Page, q: &ListQuery) -> ProductPage {
     let next_cursor = page.next.map(|c| c.encode());
     let next = next_cursor.as_ref().map(|c| {
-        let mut q = form_urlencoded::Serializer::new(String::new());
-        if let Some(cat) = &p.category {
-            q.append_pair("category", cat);
+        let mut s = form_urlencoded::Serializer::new(String::new());
+        if let Some(cat) = &q.category {
+            s.append_pair("category", cat.as_str());
         }
-        if let Some(s) = &search {
-            q.append_pair("q", s);
+        if let Some(search) = &q.search {
+            s.append_pair("q", search);
         }
-        q.append_pair("cursor", c);
-        q.append_pair("limit", &limit.to_string());
-        format!("/api/products?{}", q.finish())
+        s.append_pair("cursor", c);
+        s.append_pair("limit", &q.limit.to_string());
+        format!("/api/products?{}", s.finish())
     });
-    Ok(Json(ProductPage {
+    ProductPage {
         items: page.items,
         next_cursor,
         next,
-    }))
+    }
 }
 
 /// Create a product.
@@ -286,6 +347,14 @@ pub(crate) async fn create_product(
 ) -> ApiResult<Response> {
     let new = NewProduct::parse(&input).map_err(ApiError::Validation)?;
     let product = app.store().create_product(&new).await?;
+    app.cache()
+        .invalidate(cached::product_written(
+            product.id,
+            product.version,
+            &product.category,
+            true,
+        ))
+        .await;
     let location = HeaderValue::from_str(&format!("/api/products/{}", product.id)).ok();
     let mut resp = with_etag(StatusCode::CREATED, product);
     if let Some(l) = location {
@@ -328,7 +397,15 @@ pub(crate) async fn patch_product(
     let patch = ProductPatch::parse(&input).map_err(ApiError::Validation)?;
     let expected = expected_version(&app, id, &headers).await?;
     match app.store().update_product(id, &patch, expected).await {
-        Ok(p) => Ok(with_etag(StatusCode::OK, p)),
+        Ok(p) => {
+            let change = if patch.category.is_some() {
+                cached::product_moved(p.id, Some(p.version))
+            } else {
+                cached::product_written(p.id, p.version, &p.category, false)
+            };
+            app.cache().invalidate(change).await;
+            Ok(with_etag(StatusCode::OK, p))
+        }
         Err(tenfold_store::StoreError::NotFound) => Err(not_found(id)),
         Err(e) => Err(e.into()),
     }
@@ -361,7 +438,12 @@ pub(crate) async fn delete_product(
 ) -> ApiResult<StatusCode> {
     let expected = expected_version(&app, id, &headers).await?;
     match app.store().delete_product(id, expected).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            app.cache()
+                .invalidate(cached::product_moved(id.get(), None))
+                .await;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(tenfold_store::StoreError::NotFound) => Err(not_found(id)),
         Err(e) => Err(e.into()),
     }
@@ -381,10 +463,34 @@ pub struct CategoryList {
     tag = "categories",
     responses((status = 200, description = "All categories", body = CategoryList))
 )]
-pub(crate) async fn list_categories(State(app): State<App>) -> ApiResult<Json<CategoryList>> {
-    Ok(Json(CategoryList {
-        items: app.store().list_categories().await?,
-    }))
+pub(crate) async fn list_categories(
+    State(app): State<App>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let key = app.cache().page_key(cached::CATEGORIES, "");
+    let store = app.store().clone();
+    let (value, _) = app
+        .cache()
+        .get_or_load(key, move || {
+            let store = store.clone();
+            async move {
+                Ok::<_, StoreError>(Value::Present {
+                    version: 0,
+                    body: cached::to_body(&CategoryList {
+                        items: store.list_categories().await?,
+                    }),
+                })
+            }
+        })
+        .await?;
+    let (_, body) = cached::present(value).unwrap_or_default();
+    let tag = cached::body_etag(&body);
+    Ok(cached::answer(
+        &headers,
+        body,
+        tag,
+        &app.inner.caching.public,
+    ))
 }
 
 /// Create a category.
@@ -411,8 +517,12 @@ pub(crate) async fn create_category(
     ApiJson(input): ApiJson<NewCategoryInput>,
 ) -> ApiResult<(StatusCode, Json<Category>)> {
     let new = NewCategory::parse(&input).map_err(ApiError::Validation)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(app.store().create_category(&new).await?),
-    ))
+    let created = app.store().create_category(&new).await?;
+    app.cache()
+        .invalidate(tenfold_cache::Change {
+            tags: vec![cached::CATEGORIES.to_owned()],
+            ..Default::default()
+        })
+        .await;
+    Ok((StatusCode::CREATED, Json(created)))
 }
