@@ -6,11 +6,14 @@
 //!
 //! Invariant: nothing a test creates outlives it; tests never share a database.
 
+mod counting;
+
 use std::time::Duration;
 
 use tenfold_store::{connect, ConnectOptions, Store};
 
-pub use tenfold_config::HttpConfig;
+pub use counting::CountingStore;
+pub use tenfold_config::{CacheConfig, HttpConfig};
 
 pub use tenfold_app;
 
@@ -175,18 +178,24 @@ impl TestApp {
 
 /// Starts the service in-process on `127.0.0.1:0` over `db` with `settings` (the API key defaults to
 /// [`TEST_API_KEY`]).
-pub async fn spawn_app_with(db: &TestDb, mut settings: HttpConfig) -> TestApp {
+pub async fn spawn_app_with(db: &TestDb, settings: HttpConfig) -> TestApp {
+    let store = db.store().await;
+    spawn_app_on(store, settings, &CacheConfig::default()).await
+}
+
+/// Starts the service in-process on `127.0.0.1:0` over an open `store` with these HTTP and cache
+/// settings (the API key defaults to [`TEST_API_KEY`]).
+pub async fn spawn_app_on(store: Store, mut settings: HttpConfig, cache: &CacheConfig) -> TestApp {
     init_test_log();
     if settings.api_key.is_none() {
         settings.api_key = Some(TEST_API_KEY.to_owned().into());
     }
-    let store = db.store().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let app = tenfold_app::App::new(store.clone(), settings);
+    let app = tenfold_app::App::with_cache(store.clone(), settings, cache);
     let task = tokio::spawn(async move {
         let _ = app
             .serve(listener, async move {

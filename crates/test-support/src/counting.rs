@@ -1,0 +1,114 @@
+//! A store that counts the reads reaching the database, for tests of what a cache spares it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tenfold_catalog::{Category, NewCategory, NewProduct, Product, ProductId, ProductPatch};
+use tenfold_store::{
+    CatalogStore, ChangeFeed, Engine, ListQuery, Page, PoolStats, Readiness, Store, StoreError,
+};
+
+/// Wraps a real store and counts the catalog reads (`get_product`, `list_products`,
+/// `list_categories`) that pass through it; everything is forwarded unchanged.
+pub struct CountingStore {
+    inner: Store,
+    reads: AtomicU64,
+    delay: std::time::Duration,
+}
+
+impl CountingStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Store) -> Arc<CountingStore> {
+        Self::slow(inner, std::time::Duration::ZERO)
+    }
+
+    /// Wraps `inner`, making every counted read take at least `delay` (a slow query), so that
+    /// concurrent requests all arrive while the first one's read is in flight.
+    pub fn slow(inner: Store, delay: std::time::Duration) -> Arc<CountingStore> {
+        Arc::new(CountingStore {
+            inner,
+            reads: AtomicU64::new(0),
+            delay,
+        })
+    }
+
+    /// Reads so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+
+    async fn count(&self) {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+    }
+}
+
+#[async_trait]
+impl CatalogStore for CountingStore {
+    fn engine(&self) -> Engine {
+        self.inner.engine()
+    }
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.inner.migrate().await
+    }
+    async fn readiness(&self) -> Result<Readiness, StoreError> {
+        self.inner.readiness().await
+    }
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        self.inner.pool_stats()
+    }
+    async fn get_product(&self, id: ProductId) -> Result<Option<Product>, StoreError> {
+        self.count().await;
+        self.inner.get_product(id).await
+    }
+    async fn list_products(&self, query: &ListQuery) -> Result<Page, StoreError> {
+        self.count().await;
+        self.inner.list_products(query).await
+    }
+    async fn create_product(&self, product: &NewProduct) -> Result<Product, StoreError> {
+        self.inner.create_product(product).await
+    }
+    async fn update_product(
+        &self,
+        id: ProductId,
+        patch: &ProductPatch,
+        if_version: Option<i64>,
+    ) -> Result<Product, StoreError> {
+        self.inner.update_product(id, patch, if_version).await
+    }
+    async fn delete_product(
+        &self,
+        id: ProductId,
+        if_version: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_product(id, if_version).await
+    }
+    async fn list_categories(&self) -> Result<Vec<Category>, StoreError> {
+        self.count().await;
+        self.inner.list_categories().await
+    }
+    async fn create_category(&self, category: &NewCategory) -> Result<Category, StoreError> {
+        self.inner.create_category(category).await
+    }
+    async fn ensure_categories(&self, categories: &[NewCategory]) -> Result<u64, StoreError> {
+        self.inner.ensure_categories(categories).await
+    }
+    async fn insert_products_if_absent(&self, products: &[NewProduct]) -> Result<u64, StoreError> {
+        self.inner.insert_products_if_absent(products).await
+    }
+    async fn recount_categories(&self) -> Result<(), StoreError> {
+        self.inner.recount_categories().await
+    }
+    async fn count_products(&self) -> Result<i64, StoreError> {
+        self.inner.count_products().await
+    }
+    fn change_feed(&self) -> Arc<dyn ChangeFeed> {
+        self.inner.change_feed()
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
