@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TENFOLD_TEST_POSTGRES_URL="${TENFOLD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export TENFOLD_TEST_REDIS_URL="${TENFOLD_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
 exec cargo test --workspace --locked "$@"

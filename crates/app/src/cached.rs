@@ -6,7 +6,8 @@ use std::time::Duration;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use tenfold_cache::{Cache, Change, Settings, Value};
+use secrecy::ExposeSecret;
+use tenfold_cache::{Cache, Change, RedisOptions, Settings, Value};
 use tenfold_config::CacheConfig;
 use tenfold_store::Store;
 
@@ -33,17 +34,38 @@ impl Caching {
                 _bus: None,
             };
         }
-        let cache = Cache::new(Settings {
+        let settings = Settings {
             capacity_bytes: cfg.capacity_mib * 1024 * 1024,
             ttl: Duration::from_millis(cfg.ttl_ms),
             list_ttl: Duration::from_millis(cfg.list_ttl_ms),
             stale_while_revalidate: Duration::from_millis(cfg.stale_while_revalidate_ms),
             negative_ttl: Duration::from_millis(cfg.negative_ttl_ms),
             ..Settings::default()
+        };
+        let redis = cfg.redis_url.as_ref().map(|u| RedisOptions {
+            url: u.expose_secret().to_owned(),
+            timeout: Duration::from_millis(cfg.redis_timeout_ms),
+            prefix: cfg.redis_prefix.clone(),
         });
+        let cache = match redis
+            .as_ref()
+            .map(|r| Cache::with_redis(settings.clone(), r))
+        {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                // The configuration checked the scheme; anything else is reported and Redis skipped.
+                tracing::error!(error = %e, "Redis is configured but unusable; caching without it");
+                Cache::new(settings)
+            }
+            None => Cache::new(settings),
+        };
+        // The database's own feed always runs; Redis pub/sub, when configured, runs beside it, so an
+        // invalidation reaches the others while either is up.
+        let mut feeds = vec![store.change_feed()];
+        feeds.extend(cache.redis_feed());
         let bus = tokio::runtime::Handle::try_current()
             .ok()
-            .map(|_| cache.start_bus(store.change_feed()));
+            .map(|_| cache.start_bus(feeds));
         Caching {
             cache,
             public,

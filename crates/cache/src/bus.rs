@@ -44,49 +44,64 @@ pub struct Message {
     pub change: Change,
 }
 
-pub(crate) fn start(inner: Arc<Inner>, bus: Arc<dyn ChangeFeed>) -> BusGuard {
+pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGuard {
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Change>();
     if let Ok(mut outbox) = inner.outbox.lock() {
         *outbox = Some(out_tx);
     }
     let origin = inner.origin;
-    let publisher = {
-        let bus = bus.clone();
+    let mut tasks = Vec::new();
+    // One publisher per feed, so a feed that is down does not hold up the others.
+    let mut lanes: Vec<mpsc::UnboundedSender<Arc<str>>> = Vec::new();
+    for feed in &feeds {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<str>>();
+        lanes.push(tx);
+        let feed = feed.clone();
         let inner = inner.clone();
-        tokio::spawn(async move {
-            let mut seq = 0u64;
-            while let Some(change) = out_rx.recv().await {
-                seq += 1;
-                let msg = Message {
-                    origin,
-                    seq,
-                    change,
-                };
-                let Ok(payload) = serde_json::to_string(&msg) else {
-                    continue;
-                };
-                // A few quick attempts; after that the message is dropped and its number stays
-                // unused, so every receiver sees the gap with the next message and flushes.
+        tasks.push(tokio::spawn(async move {
+            while let Some(payload) = rx.recv().await {
+                // A few quick attempts; after that the message is dropped on this feed. Its number
+                // stays used, so a receiver that gets it over no feed sees a gap and flushes.
                 let mut delay = Duration::from_millis(10);
                 for attempt in 0..4 {
-                    match bus.publish(&payload).await {
+                    match feed.publish(&payload).await {
                         Ok(()) => break,
                         Err(e) => {
                             inner.stats.publish_errors.increment(1);
-                            tracing::warn!(bus = bus.name(), attempt, error = %e, "publishing a cache invalidation failed");
+                            tracing::warn!(feed = feed.name(), attempt, error = %e, "publishing a cache invalidation failed");
                             tokio::time::sleep(delay).await;
                             delay *= 4;
                         }
                     }
                 }
             }
-        })
-    };
+        }));
+    }
+    // The sequencer numbers this instance's changes, in the order they were made.
+    tasks.push(tokio::spawn(async move {
+        let mut seq = 0u64;
+        while let Some(change) = out_rx.recv().await {
+            seq += 1;
+            let msg = Message {
+                origin,
+                seq,
+                change,
+            };
+            let Ok(payload) = serde_json::to_string(&msg) else {
+                continue;
+            };
+            let payload: Arc<str> = payload.into();
+            for lane in &lanes {
+                let _ = lane.send(payload.clone());
+            }
+        }
+    }));
     let (in_tx, mut in_rx) = mpsc::channel::<FeedEvent>(1024);
-    let subscriber = {
-        let bus = bus.clone();
-        tokio::spawn(async move { bus.subscribe(in_tx).await })
-    };
+    for feed in feeds {
+        let tx = in_tx.clone();
+        tasks.push(tokio::spawn(async move { feed.subscribe(tx).await }));
+    }
+    drop(in_tx);
     let applier = tokio::spawn(async move {
         let mut last: HashMap<u64, u64> = HashMap::new();
         while let Some(ev) = in_rx.recv().await {
@@ -123,7 +138,6 @@ pub(crate) fn start(inner: Arc<Inner>, bus: Arc<dyn ChangeFeed>) -> BusGuard {
             }
         }
     });
-    BusGuard {
-        tasks: vec![publisher, subscriber, applier],
-    }
+    tasks.push(applier);
+    BusGuard { tasks }
 }

@@ -19,6 +19,7 @@
 //! [`Cache::page_key`], [`Cache::start_bus`].
 
 mod bus;
+mod redis;
 mod stats;
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
 
 pub use bus::{Change, Message};
+pub use redis::RedisOptions;
 use stats::Stats;
 pub use tenfold_store::{ChangeFeed, FeedError, FeedEvent};
 
@@ -205,6 +207,11 @@ struct Inner {
     /// Where this instance's invalidations go for the others (set by `start_bus`).
     outbox: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Change>>>,
     origin: u64,
+    /// The shared L2 (products only), when Redis is configured.
+    l2: Option<Arc<redis::Redis>>,
+    /// L2 invalidations that failed (Redis unreachable), retried until Redis takes them; meanwhile this
+    /// instance does not read those products from L2.
+    pending_l2: Mutex<HashMap<i64, Option<i64>>>,
 }
 
 /// The cache. Cheap to clone; clones share everything. [`Cache::disabled`] passes every read through.
@@ -227,6 +234,31 @@ type Loaded = (Value, Duration);
 impl Cache {
     /// An L1 cache with these settings.
     pub fn new(settings: Settings) -> Cache {
+        Self::build(settings, None)
+    }
+
+    /// L1 plus Redis as L2 (and as an invalidation channel: see [`Cache::redis_feed`]). Connects in the
+    /// background; until Redis answers, reads use L1 and the database. Call inside a tokio runtime.
+    pub fn with_redis(settings: Settings, redis: &RedisOptions) -> Result<Cache, String> {
+        let r = redis::Redis::new(redis)?;
+        Ok(Self::build(settings, Some(r)))
+    }
+
+    /// Redis pub/sub as a change feed, when Redis is configured.
+    pub fn redis_feed(&self) -> Option<Arc<dyn ChangeFeed>> {
+        let r = self.inner.as_ref()?.l2.clone()?;
+        Some(Arc::new(redis::RedisFeed { redis: r }))
+    }
+
+    /// True while the Redis breaker refuses calls (for diagnostics and tests).
+    pub fn redis_breaker_open(&self) -> bool {
+        self.inner
+            .as_ref()
+            .and_then(|i| i.l2.as_ref())
+            .is_some_and(|r| r.breaker.is_open())
+    }
+
+    fn build(settings: Settings, l2: Option<Arc<redis::Redis>>) -> Cache {
         let l1 = moka::future::Cache::builder()
             .max_capacity(settings.capacity_bytes)
             .weigher(|_k: &Key, e: &Arc<Entry>| e.weight)
@@ -241,6 +273,8 @@ impl Cache {
                 stats: Stats::new(),
                 outbox: Mutex::new(None),
                 origin: rand::random::<u64>(),
+                l2,
+                pending_l2: Mutex::new(HashMap::new()),
             })),
         }
     }
@@ -338,6 +372,17 @@ impl Cache {
         };
         inner.stats.invalidations_local.increment(1);
         inner.apply(&change).await;
+        // L2 before the message: an instance that gets the message and misses L1 must not find the old
+        // value in Redis.
+        if let Some(r) = &inner.l2 {
+            for &(id, version) in &change.products {
+                if r.invalidate(id, version).await.is_err() {
+                    if let Ok(mut p) = inner.pending_l2.lock() {
+                        p.insert(id, version);
+                    }
+                }
+            }
+        }
         if let Ok(outbox) = inner.outbox.lock() {
             if let Some(tx) = outbox.as_ref() {
                 let _ = tx.send(change);
@@ -363,12 +408,20 @@ impl Cache {
         }
     }
 
-    /// Connects the cache to a bus: this instance's invalidations are published on it, and the others'
-    /// are applied as they arrive. A gap in an instance's sequence numbers or a lost subscription flushes
-    /// L1. The tasks stop when the returned guard is dropped.
-    pub fn start_bus(&self, bus: Arc<dyn ChangeFeed>) -> BusGuard {
+    /// Connects the cache to one or more feeds: this instance's invalidations are published on each, and
+    /// the others' are applied as they arrive (a message that comes over two feeds is applied once). A gap
+    /// in an instance's sequence numbers or a lost subscription flushes L1. Also starts the retry of
+    /// failed Redis invalidations. The tasks stop when the returned guard is dropped.
+    pub fn start_bus(&self, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGuard {
         match &self.inner {
-            Some(inner) => bus::start(inner.clone(), bus),
+            Some(inner) => {
+                let mut g = bus::start(inner.clone(), feeds);
+                if inner.l2.is_some() {
+                    g.tasks
+                        .push(tokio::spawn(retry_l2_invalidations(inner.clone())));
+                }
+                g
+            }
             None => BusGuard { tasks: Vec::new() },
         }
     }
@@ -377,7 +430,7 @@ impl Cache {
 /// Stops the bus tasks when dropped.
 #[derive(Debug)]
 pub struct BusGuard {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub(crate) tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for BusGuard {
@@ -481,8 +534,11 @@ impl Inner {
                         }
                     }
                     let started = Instant::now();
-                    this.stats.loads.increment(1);
-                    let value = load().await?;
+                    let floor = cur.as_ref().and_then(|c| match c.value().state {
+                        State::Tombstone { min_version, .. } => Some(min_version),
+                        _ => None,
+                    });
+                    let value = this.load_value(&k, &load, floor).await?;
                     let took = started.elapsed();
                     if let Ok(mut l) = loaded.lock() {
                         *l = Some((value.clone(), took));
@@ -510,6 +566,85 @@ impl Inner {
             },
             (CompResult::Removed(_), None) | (CompResult::StillNone(_), None) => Value::Absent,
         })
+    }
+
+    /// Loads a value from L2 (products, when Redis is configured) or the database. Across instances, one
+    /// takes a lease and loads from the database while the others wait briefly for its value in Redis.
+    /// `floor`: the lowest version this instance may accept (a tombstone's); older values from Redis are
+    /// ignored.
+    async fn load_value<L, Fut, E>(
+        self: &Arc<Self>,
+        key: &Key,
+        load: &L,
+        floor: Option<i64>,
+    ) -> Result<Value, E>
+    where
+        L: Fn() -> Fut,
+        Fut: Future<Output = Result<Value, E>>,
+    {
+        let db = || {
+            self.stats.loads.increment(1);
+            load()
+        };
+        let (Some(r), Key::Product(id)) = (&self.l2, key) else {
+            return db().await;
+        };
+        let id = *id;
+        if self
+            .pending_l2
+            .lock()
+            .map(|p| p.contains_key(&id))
+            .unwrap_or(true)
+        {
+            return db().await;
+        }
+        let usable = |v: &Value| match (v, floor) {
+            (Value::Present { version, .. }, Some(f)) => *version >= f,
+            (Value::Absent, Some(f)) => f == i64::MAX,
+            _ => true,
+        };
+        match r.get(id).await {
+            Ok(Some(v)) if usable(&v) => return Ok(v),
+            Ok(_) => {}
+            Err(_) => return db().await,
+        }
+        let lease_ttl = Duration::from_secs(2);
+        match r.lease(id, lease_ttl).await {
+            Ok(Some(token)) => {
+                let v = db().await?;
+                let _ = r.set(id, &v, self.l2_ttl(&v), Some(&token)).await;
+                return Ok(v);
+            }
+            Ok(None) => {
+                // Another instance is loading it: wait a little for its value rather than load it too.
+                let deadline = Instant::now() + Duration::from_millis(300);
+                let mut pause = Duration::from_millis(2);
+                while Instant::now() < deadline {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                    match r.get(id).await {
+                        Ok(Some(v)) if usable(&v) => {
+                            r.count_lease_wait(true);
+                            return Ok(v);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                r.count_lease_wait(false);
+            }
+            Err(_) => {}
+        }
+        let v = db().await?;
+        let _ = r.set(id, &v, self.l2_ttl(&v), None).await;
+        Ok(v)
+    }
+
+    fn l2_ttl(&self, v: &Value) -> Duration {
+        match v {
+            Value::Present { .. } => self.jittered(self.settings.ttl),
+            Value::Absent => self.settings.negative_ttl,
+        }
     }
 
     /// Applies an invalidation: tombstones for the products, new generations for the tags.
@@ -570,6 +705,32 @@ impl Inner {
         self.l1.invalidate_all();
         self.stats.flush(reason);
         tracing::info!(reason, "cache flushed");
+    }
+}
+
+/// Retries Redis invalidations that failed, until Redis takes them.
+async fn retry_l2_invalidations(inner: Arc<Inner>) {
+    let Some(r) = inner.l2.clone() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let pending: Vec<(i64, Option<i64>)> = match inner.pending_l2.lock() {
+            Ok(p) if !p.is_empty() => p.iter().map(|(k, v)| (*k, *v)).collect(),
+            _ => continue,
+        };
+        for (id, version) in pending {
+            if r.invalidate(id, version).await.is_err() {
+                break;
+            }
+            if let Ok(mut p) = inner.pending_l2.lock() {
+                // Only if no newer invalidation of the same product was queued meanwhile.
+                if p.get(&id) == Some(&version) {
+                    p.remove(&id);
+                }
+            }
+        }
     }
 }
 

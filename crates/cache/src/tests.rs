@@ -348,8 +348,8 @@ async fn invalidations_reach_other_instances_and_gaps_flush() {
     let bus: Arc<dyn ChangeFeed> = Arc::new(LocalBus { tx: tx.clone() });
     let a = cache();
     let b = cache();
-    let _ga = a.start_bus(bus.clone());
-    let _gb = b.start_bus(bus.clone());
+    let _ga = a.start_bus(vec![bus.clone()]);
+    let _gb = b.start_bus(vec![bus.clone()]);
     tokio::time::sleep(Duration::from_millis(20)).await;
     let row = Row::new(1, 0);
     b.get_or_load(Key::Product(1), row.loader()).await.unwrap();

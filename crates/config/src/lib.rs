@@ -69,6 +69,8 @@ pub struct CacheConfig {
     pub redis_url: Option<SecretString>,
     /// Deadline of each Redis command, in milliseconds; slower means "Redis is down" for this read.
     pub redis_timeout_ms: u64,
+    /// Prefix of every Redis key and channel tenfold uses (deployments sharing a Redis differ here).
+    pub redis_prefix: String,
     /// `Cache-Control: max-age` of catalog reads, in seconds.
     pub http_max_age_s: u32,
     /// `Cache-Control: stale-while-revalidate` of catalog reads, in seconds.
@@ -86,6 +88,7 @@ impl Default for CacheConfig {
             negative_ttl_ms: 5_000,
             redis_url: None,
             redis_timeout_ms: 50,
+            redis_prefix: "tenfold:".into(),
             http_max_age_s: 5,
             http_stale_while_revalidate_s: 30,
         }

@@ -372,3 +372,55 @@ async fn no_stale_value_survives_a_write_randomized_against_a_model() {
         b.stop().await;
     }
 }
+
+fn with_redis() -> Option<CacheConfig> {
+    let url = std::env::var("TENFOLD_TEST_REDIS_URL").ok()?;
+    Some(CacheConfig {
+        redis_url: Some(url.into()),
+        redis_prefix: format!("tenfold-test:{}:", rand::random::<u64>()),
+        ..CacheConfig::default()
+    })
+}
+
+#[tokio::test]
+async fn with_redis_a_thousand_misses_over_two_instances_read_the_database_once() {
+    let Some(cache) = with_redis() else { return };
+    let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
+    let real = db.store().await;
+    tenfold_seed::seed(&real, 20, 1, false).await.unwrap();
+    let counting = CountingStore::slow(real, Duration::from_millis(200));
+    let a = spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await;
+    let b = spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await;
+    // Both connect to Redis in the background.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let clients = h2_clients(4);
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let c = clients[i % clients.len()].clone();
+        let url = if i % 2 == 0 {
+            a.url("/api/products/9")
+        } else {
+            b.url("/api/products/9")
+        };
+        tasks.push(tokio::spawn(async move {
+            c.get(url).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(
+        counting.reads(),
+        1,
+        "1,000 misses over two instances, one database read"
+    );
+
+    // A write through A: B shows it (over Redis pub/sub and the database feed).
+    let v = patch_name(&a, 9, "Renamed").await;
+    within(Duration::from_secs(3), "B sees the write", || async {
+        version_via(&b, 9).await == Some(v)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -1,0 +1,446 @@
+//! The cache with Redis as L2 and invalidation channel, against a real Redis: the shared one at
+//! `TENFOLD_TEST_REDIS_URL` (each test under its own key prefix), and private `redis-server`s on free
+//! ports for the tests that stop, slow down or fill Redis.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tenfold_cache::{Cache, Change, Key, RedisOptions, Settings, Value};
+
+fn redis_url() -> Option<String> {
+    std::env::var("TENFOLD_TEST_REDIS_URL").ok()
+}
+
+fn opts(url: &str, prefix: &str) -> RedisOptions {
+    RedisOptions {
+        url: url.to_owned(),
+        timeout: Duration::from_millis(50),
+        prefix: prefix.to_owned(),
+    }
+}
+
+fn prefix() -> String {
+    format!("tenfold-test:{}:", rand::random::<u64>())
+}
+
+fn settings() -> Settings {
+    Settings {
+        xfetch_beta: 0.0,
+        ..Settings::default()
+    }
+}
+
+fn present(v: i64) -> Value {
+    Value::Present {
+        version: v,
+        body: Bytes::from(format!("{{\"v\":{v}}}")),
+    }
+}
+
+/// A database row shared by every "instance": its version (0 = absent), the loads that reached it and
+/// how long one takes.
+#[derive(Clone)]
+struct Row {
+    version: Arc<AtomicI64>,
+    loads: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+impl Row {
+    fn new(v: i64, delay_ms: u64) -> Row {
+        Row {
+            version: Arc::new(AtomicI64::new(v)),
+            loads: Arc::new(AtomicUsize::new(0)),
+            delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    fn loader(
+        &self,
+    ) -> impl Fn() -> BoxFuture<'static, Result<Value, String>> + Clone + Send + Sync + 'static
+    {
+        let row = self.clone();
+        move || {
+            let row = row.clone();
+            Box::pin(async move {
+                row.loads.fetch_add(1, Ordering::SeqCst);
+                let v = row.version.load(Ordering::SeqCst);
+                tokio::time::sleep(row.delay).await;
+                Ok(if v == 0 { Value::Absent } else { present(v) })
+            })
+        }
+    }
+
+    fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+async fn eventually<F, Fut>(bound: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_misses_on_several_instances_load_once_in_total() {
+    let Some(url) = redis_url() else { return };
+    let p = prefix();
+    let instances: Vec<Cache> = (0..3)
+        .map(|_| Cache::with_redis(settings(), &opts(&url, &p)).unwrap())
+        .collect();
+    // Let the background connections come up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let row = Row::new(5, 200);
+    let mut tasks = Vec::new();
+    for i in 0..999 {
+        let c = instances[i % 3].clone();
+        let l = row.loader();
+        tasks.push(tokio::spawn(async move {
+            c.get_or_load(Key::Product(11), l).await.unwrap().0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), present(5));
+    }
+    assert_eq!(
+        row.loads(),
+        1,
+        "one database load across three instances (a lease)"
+    );
+    // A fourth instance with an empty L1 finds it in Redis.
+    let before = row.loads();
+    let other = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (v, _) = other
+        .get_or_load(Key::Product(11), row.loader())
+        .await
+        .unwrap();
+    assert_eq!(v, present(5));
+    assert_eq!(row.loads(), before, "served from Redis, not the database");
+}
+
+#[tokio::test]
+async fn an_older_value_never_replaces_a_newer_one_in_redis() {
+    let Some(url) = redis_url() else { return };
+    let p = prefix();
+    let new_instance = || async {
+        let c = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        c
+    };
+    let a = new_instance().await;
+    let row = Row::new(1, 0);
+    a.get_or_load(Key::Product(3), row.loader()).await.unwrap();
+    // The row is written (version 2) and A invalidates: Redis holds a marker for version 2.
+    row.version.store(2, Ordering::SeqCst);
+    a.invalidate(Change {
+        products: vec![(3, Some(2))],
+        ..Change::default()
+    })
+    .await;
+    // A straggler that read version 1 before the write tries to store it: Redis refuses.
+    let straggler = Row::new(1, 0);
+    let b = new_instance().await;
+    assert_eq!(
+        b.get_or_load(Key::Product(3), straggler.loader())
+            .await
+            .unwrap()
+            .0,
+        present(1)
+    );
+    // The next reader with an empty L1 gets version 2 (from the database, then from Redis).
+    let c = new_instance().await;
+    assert_eq!(
+        c.get_or_load(Key::Product(3), row.loader())
+            .await
+            .unwrap()
+            .0,
+        present(2)
+    );
+    let d = new_instance().await;
+    let loads = row.loads();
+    assert_eq!(
+        d.get_or_load(Key::Product(3), row.loader())
+            .await
+            .unwrap()
+            .0,
+        present(2)
+    );
+    assert_eq!(row.loads(), loads, "version 2 came from Redis");
+    // Deleted: nobody can put the row back.
+    a.invalidate(Change {
+        products: vec![(3, None)],
+        ..Change::default()
+    })
+    .await;
+    let e = new_instance().await;
+    e.get_or_load(Key::Product(3), straggler.loader())
+        .await
+        .unwrap();
+    row.version.store(0, Ordering::SeqCst);
+    let f = new_instance().await;
+    assert_eq!(
+        f.get_or_load(Key::Product(3), row.loader())
+            .await
+            .unwrap()
+            .0,
+        Value::Absent
+    );
+}
+
+#[tokio::test]
+async fn invalidations_travel_over_redis_pubsub() {
+    let Some(url) = redis_url() else { return };
+    let p = prefix();
+    let a = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
+    let b = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
+    // Only the Redis channel: no database feed in this test.
+    let _ga = a.start_bus(vec![a.redis_feed().unwrap()]);
+    let _gb = b.start_bus(vec![b.redis_feed().unwrap()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let row = Row::new(1, 0);
+    b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    let page = b.page_key("all", "limit=20");
+    row.version.store(2, Ordering::SeqCst);
+    let start = Instant::now();
+    a.invalidate(Change {
+        products: vec![(1, Some(2))],
+        tags: vec!["all".into()],
+        all_lists: false,
+    })
+    .await;
+    eventually(Duration::from_secs(3), "B sees version 2", || {
+        let b = b.clone();
+        let l = row.loader();
+        async move { b.get_or_load(Key::Product(1), l).await.unwrap().0 == present(2) }
+    })
+    .await;
+    eprintln!("visible through B after {:?}", start.elapsed());
+    assert_ne!(
+        b.page_key("all", "limit=20"),
+        page,
+        "B's list pages moved on"
+    );
+}
+
+/// A private Redis on a free loopback port.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start_on(port: u16) -> PrivateRedis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "local",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        PrivateRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Self::start_on(port)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn ready(&self) {
+        let url = self.url();
+        eventually(Duration::from_secs(10), "redis-server up", || {
+            let url = url.clone();
+            async move {
+                let Ok(c) = redis::Client::open(url) else {
+                    return false;
+                };
+                let Ok(mut c) = c.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+    }
+
+    fn cli(&self, args: &[&str]) {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "redis-cli {args:?}");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Reads `keys` products through `cache` for `for_`, with now and then a write (an invalidation) and a
+/// read of a key never read before (an L1 miss, so it goes to Redis); every call must succeed. Returns
+/// how many reads ran and the slowest call.
+async fn read_for(cache: &Cache, row: &Row, keys: i64, for_: Duration) -> (usize, Duration) {
+    let end = Instant::now() + for_;
+    let (mut n, mut worst) = (0usize, Duration::ZERO);
+    let mut id = 0;
+    while Instant::now() < end {
+        id = id % keys + 1;
+        n += 1;
+        let key = if n % 10 == 5 {
+            100_000 + rand::random::<u32>() as i64
+        } else {
+            id
+        };
+        let t = Instant::now();
+        let (v, _) = cache
+            .get_or_load(Key::Product(key), row.loader())
+            .await
+            .unwrap();
+        assert_eq!(v, present(1));
+        if n % 10 == 0 {
+            cache
+                .invalidate(Change {
+                    products: vec![(id, Some(1))],
+                    ..Change::default()
+                })
+                .await;
+        }
+        worst = worst.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (n, worst)
+}
+
+#[tokio::test]
+async fn redis_stopped_slow_or_full_costs_no_request_and_is_used_again_when_back() {
+    if redis_url().is_none() {
+        return;
+    }
+    let mut server = PrivateRedis::start();
+    server.ready().await;
+    let url = server.url();
+    let p = prefix();
+    let cache = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
+    let row = Row::new(1, 0);
+    let (n, _) = read_for(&cache, &row, 50, Duration::from_millis(400)).await;
+    assert!(n > 50);
+
+    // Stopped (kill -9): every read still answers, from L1 or the database.
+    server.kill();
+    let (n, worst) = read_for(&cache, &row, 50, Duration::from_millis(800)).await;
+    eprintln!("Redis down: {n} reads, slowest {worst:?}");
+    assert!(cache.redis_breaker_open(), "the breaker opened");
+
+    // Back on the same port: the breaker closes and Redis serves again.
+    let server = PrivateRedis::start_on(server.port);
+    server.ready().await;
+    eventually(Duration::from_secs(15), "Redis used again", || {
+        let cache = cache.clone();
+        let row = row.clone();
+        async move {
+            read_for(&cache, &row, 50, Duration::from_millis(100)).await;
+            !cache.redis_breaker_open()
+        }
+    })
+    .await;
+    let other = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A value written to Redis now is found there by another instance.
+    let probe = Row::new(1, 0);
+    cache
+        .get_or_load(Key::Product(999), probe.loader())
+        .await
+        .unwrap();
+    let loads = probe.loads();
+    other
+        .get_or_load(Key::Product(999), probe.loader())
+        .await
+        .unwrap();
+    assert_eq!(
+        probe.loads(),
+        loads,
+        "the second instance read it from Redis"
+    );
+
+    // Slow: the server stalls for 1.5 s; reads go on at the deadline's cost, not the stall's.
+    let stall = {
+        let port = server.port;
+        std::thread::spawn(move || {
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "1.5"])
+                .output()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (n, worst) = read_for(&cache, &row, 50, Duration::from_millis(1000)).await;
+    eprintln!("Redis stalled: {n} reads, slowest {worst:?}");
+    assert!(
+        worst < Duration::from_millis(500),
+        "a stalled Redis held a read for {worst:?}"
+    );
+    let _ = stall.join();
+
+    // Full: writes to Redis are refused (OOM); reads still answer.
+    eventually(Duration::from_secs(15), "breaker closed", || {
+        let cache = cache.clone();
+        let row = row.clone();
+        async move {
+            read_for(&cache, &row, 50, Duration::from_millis(100)).await;
+            !cache.redis_breaker_open()
+        }
+    })
+    .await;
+    server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
+    server.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    let fresh = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (n, _) = read_for(&fresh, &Row::new(1, 0), 200, Duration::from_millis(500)).await;
+    assert!(n > 0);
+}
