@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Catalog read benchmark: one `tenfold app` instance over a fresh SQLite catalog of 100,000 products.
+# Catalog read benchmark: one `tenfold app` instance over a fresh SQLite catalog of 100,000 products, with
+# the cache off (`--no-cache`), so every read reaches the database: the read path's own cost.
 #
 #   bash bench/catalog-read.sh                      # 20 s per wrk phase
 #   DURATION=5s bash bench/catalog-read.sh          # shorter run
@@ -46,7 +47,8 @@ timeout --foreground --kill-after=5 600 "$bin" seed --products "$PRODUCTS" --dat
     >"$out/seed.txt" 2>"$out/seed.stderr"
 cat "$out/seed.txt" >&2
 
-bench_start_app "$bin" "$db_url" "$work"
+# --no-cache: this measures the database read path; the cache has its own benchmark (cache-zipf.sh).
+bench_start_app "$bin" "$db_url" "$work" --no-cache
 bench_log "app pid $APP_PID listening on $APP_ADDR"
 base="http://$APP_ADDR"
 

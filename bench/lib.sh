@@ -90,13 +90,14 @@ bench_seconds() {
     esac
 }
 
-# bench_start_app BIN DATABASE_URL WORKDIR
+# bench_start_app BIN DATABASE_URL WORKDIR [EXTRA ARGS...]
 # Starts `tenfold app` on 127.0.0.1:0 in the background and waits (up to 30 s) for the one line it
 # prints on stdout. Sets APP_PID and APP_ADDR. Logs go to WORKDIR/app.stderr.
 bench_start_app() {
     local bin="$1" url="$2" dir="$3" i
+    shift 3
     : >"$dir/app.stdout"
-    "$bin" app --listen 127.0.0.1:0 --database-url "$url" >"$dir/app.stdout" 2>"$dir/app.stderr" &
+    "$bin" app --listen 127.0.0.1:0 --database-url "$url" "$@" >"$dir/app.stdout" 2>"$dir/app.stderr" &
     APP_PID=$!
     bench_track_pid "$APP_PID"
     APP_ADDR=""

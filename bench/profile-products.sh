@@ -4,6 +4,7 @@
 #   bash bench/profile-products.sh                          # products route, 64 connections, 10 s
 #   CONNECTIONS=16 bash bench/profile-products.sh
 #   ROUTE=healthz bash bench/profile-products.sh            # the yardstick, for comparison
+#   CACHE=on bash bench/profile-products.sh                 # with the cache on (default: --no-cache)
 #
 # Seeds 100,000 products into a fresh temp DB, starts one app, runs wrk for DURATION while
 # `perf record` samples the app (if perf is usable), then prints: req/s, server CPU split by thread
@@ -29,7 +30,12 @@ out="$RESULTS_DIR/profile-$ROUTE-c$CONNECTIONS-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 
 timeout --foreground --kill-after=5 600 "$bin" seed --products "$PRODUCTS" --database-url "$db_url" >"$out/seed.txt" 2>&1
-bench_start_app "$bin" "$db_url" "$work"
+# CACHE=on profiles cache hits; the default matches catalog-read.sh (the database read path).
+if [[ "${CACHE:-off}" == on ]]; then
+    bench_start_app "$bin" "$db_url" "$work"
+else
+    bench_start_app "$bin" "$db_url" "$work" --no-cache
+fi
 base="http://$APP_ADDR"
 bench_log "app pid $APP_PID on $APP_ADDR; route=$ROUTE c=$CONNECTIONS d=$DURATION"
 

@@ -76,7 +76,10 @@ impl Caching {
 
 /// Serializes `v` for the cache (a body served as is on every hit).
 pub(crate) fn to_body<T: serde::Serialize>(v: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+    let mut body = serde_json::to_vec(v).unwrap_or_default();
+    // The Vec grew by doubling; a cached body should hold only its bytes.
+    body.shrink_to_fit();
+    Bytes::from(body)
 }
 
 /// True when an If-None-Match header lists `etag` (weak comparison) or is `*`.

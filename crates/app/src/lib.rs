@@ -93,6 +93,8 @@ impl App {
     /// A service with the cache settings of `cache` (`enabled = false`: every read goes to the store).
     /// Call it inside a tokio runtime: the cache's invalidation tasks start on it.
     pub fn with_cache(store: Store, http: HttpConfig, cache: &CacheConfig) -> App {
+        // The recorder first: the cache registers its metric handles when it is built.
+        observe::prometheus();
         App {
             inner: Arc::new(Inner {
                 caching: cached::Caching::new(&store, cache),

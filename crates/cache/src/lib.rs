@@ -58,7 +58,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            capacity_bytes: 64 * 1024 * 1024,
+            capacity_bytes: 128 * 1024 * 1024,
             ttl: Duration::from_secs(600),
             list_ttl: Duration::from_secs(600),
             stale_while_revalidate: Duration::from_secs(60),
@@ -68,6 +68,11 @@ impl Default for Settings {
         }
     }
 }
+
+/// Bytes an L1 entry costs beyond its body and key: our `Entry` behind its `Arc`, and moka's entry
+/// metadata, LRU deque node, expiry timer node and hash-table slot. Counted so that `capacity_bytes`
+/// approximates the memory the cache really takes.
+const ENTRY_OVERHEAD: usize = 320;
 
 /// What is cached under a key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -319,6 +324,7 @@ impl Cache {
         E: std::fmt::Display + Send + Sync + 'static,
     {
         let Some(inner) = &self.inner else {
+            metrics::counter!("cache_loads_total").increment(1);
             return load().await.map(|v| (v, Source::Bypass));
         };
         let now = Instant::now();
@@ -487,7 +493,7 @@ impl Inner {
             expires_after: fresh + stale,
             load_time,
             refreshing: AtomicBool::new(false),
-            weight: u32::try_from(body + key.weight() + 96).unwrap_or(u32::MAX),
+            weight: u32::try_from(body + key.weight() + ENTRY_OVERHEAD).unwrap_or(u32::MAX),
         })
     }
 

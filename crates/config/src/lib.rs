@@ -81,7 +81,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             enabled: true,
-            capacity_mib: 64,
+            capacity_mib: 128,
             ttl_ms: 600_000,
             list_ttl_ms: 600_000,
             stale_while_revalidate_ms: 60_000,

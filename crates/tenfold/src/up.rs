@@ -89,6 +89,17 @@ pub(crate) async fn run(
             format!("{:?}", config.log.format).to_lowercase(),
         ),
     ];
+    // Cache settings given as flags to `up` reach the instances too.
+    env.push((
+        "TENFOLD_CACHE__ENABLED".to_owned(),
+        config.cache.enabled.to_string(),
+    ));
+    if let Some(u) = &config.cache.redis_url {
+        env.push((
+            "TENFOLD_CACHE__REDIS_URL".to_owned(),
+            u.expose_secret().to_owned(),
+        ));
+    }
     if let Some(c) = std::env::var_os("TENFOLD_CONFIG") {
         env.push((
             "TENFOLD_CONFIG".to_owned(),

@@ -131,6 +131,17 @@ async fn catalog_reads_carry_validators_and_may_be_cached_by_clients() {
     );
     assert_eq!(version_via(&app, id).await, Some(2));
 
+    // The cache reports itself.
+    let m = client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in [
+        "cache_requests_total{tier=\"l1\",result=\"hit\"}",
+        "cache_requests_total{tier=\"l1\",result=\"miss\"}",
+        "cache_loads_total",
+        "cache_invalidations_total{source=\"local\"}",
+    ] {
+        assert!(m.contains(series), "{series} missing from /metrics");
+    }
+
     // Errors, operations and metrics are never cacheable.
     for path in ["/api/products/999", "/healthz", "/readyz", "/metrics"] {
         let r = client().get(app.url(path)).send().await.unwrap();
