@@ -44,6 +44,22 @@ pub struct Message {
     pub change: Change,
 }
 
+/// Publishes one change from outside a running cache (a one-off process such as `tenfold seed`): a new
+/// origin whose first and only message is number 1, which every receiver applies.
+pub async fn announce(
+    feed: &dyn ChangeFeed,
+    change: Change,
+) -> Result<(), tenfold_store::FeedError> {
+    let msg = Message {
+        origin: rand::random::<u64>(),
+        seq: 1,
+        change,
+    };
+    let payload =
+        serde_json::to_string(&msg).map_err(|e| tenfold_store::FeedError(e.to_string()))?;
+    feed.publish(&payload).await
+}
+
 pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGuard {
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Change>();
     if let Ok(mut outbox) = inner.outbox.lock() {

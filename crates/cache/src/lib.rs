@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use moka::ops::compute::{CompResult, Op};
 
-pub use bus::{Change, Message};
+pub use bus::{announce, Change, Message};
 pub use redis::RedisOptions;
 use stats::Stats;
 pub use tenfold_store::{ChangeFeed, FeedError, FeedEvent};

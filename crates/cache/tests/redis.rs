@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tenfold_cache::{Cache, Change, Key, RedisOptions, Settings, Value};
+use tenfold_test_support::RedisServer;
 
 fn redis_url() -> Option<String> {
     std::env::var("TENFOLD_TEST_REDIS_URL").ok()
@@ -236,93 +237,6 @@ async fn invalidations_travel_over_redis_pubsub() {
     );
 }
 
-/// A private Redis on a free loopback port.
-struct PrivateRedis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl PrivateRedis {
-    fn start_on(port: u16) -> PrivateRedis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "local",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
-        PrivateRedis {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self::start_on(port)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn ready(&self) {
-        let url = self.url();
-        eventually(Duration::from_secs(10), "redis-server up", || {
-            let url = url.clone();
-            async move {
-                let Ok(c) = redis::Client::open(url) else {
-                    return false;
-                };
-                let Ok(mut c) = c.get_multiplexed_async_connection().await else {
-                    return false;
-                };
-                redis::cmd("PING")
-                    .query_async::<String>(&mut c)
-                    .await
-                    .is_ok()
-            }
-        })
-        .await;
-    }
-
-    fn cli(&self, args: &[&str]) {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "redis-cli {args:?}");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// Reads `keys` products through `cache` for `for_`, with now and then a write (an invalidation) and a
 /// read of a key never read before (an L1 miss, so it goes to Redis); every call must succeed. Returns
 /// how many reads ran and the slowest call.
@@ -363,8 +277,7 @@ async fn redis_stopped_slow_or_full_costs_no_request_and_is_used_again_when_back
     if redis_url().is_none() {
         return;
     }
-    let mut server = PrivateRedis::start();
-    server.ready().await;
+    let mut server = RedisServer::start().await;
     let url = server.url();
     let p = prefix();
     let cache = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
@@ -379,8 +292,7 @@ async fn redis_stopped_slow_or_full_costs_no_request_and_is_used_again_when_back
     assert!(cache.redis_breaker_open(), "the breaker opened");
 
     // Back on the same port: the breaker closes and Redis serves again.
-    let server = PrivateRedis::start_on(server.port);
-    server.ready().await;
+    let server = RedisServer::start_on(server.port).await;
     eventually(Duration::from_secs(15), "Redis used again", || {
         let cache = cache.clone();
         let row = row.clone();

@@ -69,6 +69,19 @@ pub(crate) async fn run(
             let store = open_store(&config, true).await?;
             let started = std::time::Instant::now();
             let report = tenfold_seed::seed(&store, products, seed, true).await?;
+            if report.products_added > 0 || report.categories_added > 0 {
+                // Running instances drop their list pages and category counts (new products they had
+                // remembered as unknown expire within the negative TTL).
+                let change = tenfold_cache::Change {
+                    tags: vec!["categories".into()],
+                    all_lists: true,
+                    ..Default::default()
+                };
+                if let Err(e) = tenfold_cache::announce(store.change_feed().as_ref(), change).await
+                {
+                    tracing::warn!(error = %e, "could not tell running instances about the new products");
+                }
+            }
             store.close().await;
             println!(
                 "seeded {} new products and {} new categories in {:.1}s; the catalog has {} products",

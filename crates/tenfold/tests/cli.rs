@@ -419,3 +419,52 @@ async fn a_large_upload_streams_through_the_balancer_in_constant_memory() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// `tenfold seed` into the database of a running instance: the instance's cached category counts and list
+/// pages move on at once (the seed announces itself on the change feed).
+#[test]
+#[allow(clippy::disallowed_methods)] // a plain test thread polls a child process
+fn seeding_under_a_running_instance_refreshes_its_cached_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/data/tenfold.db", dir.path().display());
+    let seed = |n: &str| {
+        let out = tenfold(dir.path())
+            .args(["seed", "--products", n, "--database-url", &db])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    seed("20");
+    let (mut app, addr) = start_app(dir.path(), &db);
+    let total = |addr: &str| -> i64 {
+        let r = http(
+            addr,
+            "GET /api/categories HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        let body = r.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["product_count"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(total(&addr), 20);
+    assert_eq!(total(&addr), 20, "now cached");
+    seed("60");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while total(&addr) != 60 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cached counts never moved"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sigterm(&app);
+    wait_exit(&mut app, Duration::from_secs(10));
+}

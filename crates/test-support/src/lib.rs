@@ -7,12 +7,14 @@
 //! Invariant: nothing a test creates outlives it; tests never share a database.
 
 mod counting;
+mod redis_server;
 
 use std::time::Duration;
 
 use tenfold_store::{connect, ConnectOptions, Store};
 
 pub use counting::CountingStore;
+pub use redis_server::RedisServer;
 pub use tenfold_config::{CacheConfig, HttpConfig};
 
 pub use tenfold_app;

@@ -46,7 +46,10 @@ impl RedisServer {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !s.ping().await {
-            assert!(Instant::now() < deadline, "redis-server on port {port} did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {port} did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         s

@@ -132,7 +132,14 @@ async fn catalog_reads_carry_validators_and_may_be_cached_by_clients() {
     assert_eq!(version_via(&app, id).await, Some(2));
 
     // The cache reports itself.
-    let m = client().get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let m = client()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for series in [
         "cache_requests_total{tier=\"l1\",result=\"hit\"}",
         "cache_requests_total{tier=\"l1\",result=\"miss\"}",
@@ -331,9 +338,19 @@ async fn a_write_through_one_instance_is_seen_through_another() {
 /// a version older than one it has shown before.
 #[tokio::test]
 async fn no_stale_value_survives_a_write_randomized_against_a_model() {
-    for engine in engines() {
+    let mut variants: Vec<(tenfold_test_support::Engine, CacheConfig)> = engines()
+        .into_iter()
+        .map(|e| (e, CacheConfig::default()))
+        .collect();
+    if let Some(redis) = with_redis() {
+        variants.push((tenfold_test_support::Engine::Sqlite, redis));
+    }
+    for (engine, cache) in variants {
         let db = TestDb::new(engine).await;
-        let apps = [spawn_app(&db).await, spawn_app(&db).await];
+        let apps = [
+            spawn_app_on(db.store().await, HttpConfig::default(), &cache).await,
+            spawn_app_on(db.store().await, HttpConfig::default(), &cache).await,
+        ];
         tenfold_seed::seed(&apps[0].store, 12, 3, false)
             .await
             .unwrap();
@@ -432,6 +449,103 @@ async fn with_redis_a_thousand_misses_over_two_instances_read_the_database_once(
         version_via(&b, 9).await == Some(v)
     })
     .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Two instances sharing a private Redis under HTTP load; Redis is killed mid-load and started again:
+/// no request fails, and afterwards an instance with an empty cache finds in Redis what another loaded.
+#[tokio::test]
+async fn redis_killed_mid_load_fails_no_request_and_is_used_again() {
+    if std::env::var("TENFOLD_TEST_REDIS_URL").is_err() {
+        return;
+    }
+    let mut redis = tenfold_test_support::RedisServer::start().await;
+    let cache = CacheConfig {
+        redis_url: Some(redis.url().into()),
+        redis_prefix: "tenfold-test:".into(),
+        ..CacheConfig::default()
+    };
+    let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
+    let real = db.store().await;
+    tenfold_seed::seed(&real, 200, 1, false).await.unwrap();
+    let counting = CountingStore::new(real);
+    let apps = [
+        spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await,
+        spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Readers and a writer, through both instances, for the whole test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..4usize {
+        let base = apps[w % 2].base.clone();
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let c = client();
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            let mut i = w as i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i = (i * 7 + 13) % 200 + 1;
+                let r = if w == 3 && i % 5 == 0 {
+                    c.patch(format!("{base}/api/products/{i}"))
+                        .header("authorization", auth())
+                        .json(&json!({"stock": i}))
+                        .send()
+                        .await
+                } else {
+                    c.get(format!("{base}/api/products/{i}")).send().await
+                };
+                match r {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let redis = tenfold_test_support::RedisServer::start_on(redis.port).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in load {
+        let (ok, failed) = t.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 200, "only {total} requests ran");
+
+    // Redis is used again: a value one instance loads now, a fresh instance reads from Redis.
+    let id = 150;
+    let r = client()
+        .patch(apps[0].url(&format!("/api/products/{id}")))
+        .header("authorization", auth())
+        .json(&json!({"name": "after the outage"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    within(Duration::from_secs(10), "Redis used again", || async {
+        // Instance A reads it (from the database or Redis, storing it in Redis)...
+        version_via(&apps[0], id).await;
+        // ... and an instance with an empty cache finds it there.
+        let fresh = spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = counting.reads();
+        let v = version_via(&fresh, id).await;
+        let from_redis = v.is_some() && counting.reads() == before;
+        fresh.stop().await;
+        from_redis
+    })
+    .await;
+    drop(redis);
+    let [a, b] = apps;
     a.stop().await;
     b.stop().await;
 }
