@@ -136,6 +136,17 @@ pub(crate) fn answer(
     resp
 }
 
+/// A list page (or the category list): 200 or 304, its ETag a weak hash of the body.
+pub(crate) fn answer_page(
+    headers: &HeaderMap,
+    page: Value,
+    cache_control: &HeaderValue,
+) -> Response {
+    let (_, body) = present(page).unwrap_or_default();
+    let tag = body_etag(&body);
+    answer(headers, body, tag, cache_control)
+}
+
 /// The body of a present value, or `None` for "does not exist".
 pub(crate) fn present(v: Value) -> Option<(i64, Bytes)> {
     match v {

@@ -739,6 +739,3 @@ async fn retry_l2_invalidations(inner: Arc<Inner>) {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -4,15 +4,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::Command;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use tenfold_cache::{Cache, Change, Key, RedisOptions, Settings, Value};
 use tenfold_test_support::RedisServer;
+
+use common::{eventually, present, Row};
 
 fn redis_url() -> Option<String> {
     std::env::var("TENFOLD_TEST_REDIS_URL").ok()
@@ -34,64 +34,6 @@ fn settings() -> Settings {
     Settings {
         xfetch_beta: 0.0,
         ..Settings::default()
-    }
-}
-
-fn present(v: i64) -> Value {
-    Value::Present {
-        version: v,
-        body: Bytes::from(format!("{{\"v\":{v}}}")),
-    }
-}
-
-/// A database row shared by every "instance": its version (0 = absent), the loads that reached it and
-/// how long one takes.
-#[derive(Clone)]
-struct Row {
-    version: Arc<AtomicI64>,
-    loads: Arc<AtomicUsize>,
-    delay: Duration,
-}
-
-impl Row {
-    fn new(v: i64, delay_ms: u64) -> Row {
-        Row {
-            version: Arc::new(AtomicI64::new(v)),
-            loads: Arc::new(AtomicUsize::new(0)),
-            delay: Duration::from_millis(delay_ms),
-        }
-    }
-
-    fn loader(
-        &self,
-    ) -> impl Fn() -> BoxFuture<'static, Result<Value, String>> + Clone + Send + Sync + 'static
-    {
-        let row = self.clone();
-        move || {
-            let row = row.clone();
-            Box::pin(async move {
-                row.loads.fetch_add(1, Ordering::SeqCst);
-                let v = row.version.load(Ordering::SeqCst);
-                tokio::time::sleep(row.delay).await;
-                Ok(if v == 0 { Value::Absent } else { present(v) })
-            })
-        }
-    }
-
-    fn loads(&self) -> usize {
-        self.loads.load(Ordering::SeqCst)
-    }
-}
-
-async fn eventually<F, Fut>(bound: Duration, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !f().await {
-        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -146,7 +88,7 @@ async fn an_older_value_never_replaces_a_newer_one_in_redis() {
     let row = Row::new(1, 0);
     a.get_or_load(Key::Product(3), row.loader()).await.unwrap();
     // The row is written (version 2) and A invalidates: Redis holds a marker for version 2.
-    row.version.store(2, Ordering::SeqCst);
+    row.set(2);
     a.invalidate(Change {
         products: vec![(3, Some(2))],
         ..Change::default()
@@ -191,7 +133,7 @@ async fn an_older_value_never_replaces_a_newer_one_in_redis() {
     e.get_or_load(Key::Product(3), straggler.loader())
         .await
         .unwrap();
-    row.version.store(0, Ordering::SeqCst);
+    row.set(0);
     let f = new_instance().await;
     assert_eq!(
         f.get_or_load(Key::Product(3), row.loader())
@@ -215,7 +157,7 @@ async fn invalidations_travel_over_redis_pubsub() {
     let row = Row::new(1, 0);
     b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
     let page = b.page_key("all", "limit=20");
-    row.version.store(2, Ordering::SeqCst);
+    row.set(2);
     let start = Instant::now();
     a.invalidate(Change {
         products: vec![(1, Some(2))],
@@ -272,6 +214,19 @@ async fn read_for(cache: &Cache, row: &Row, keys: i64, for_: Duration) -> (usize
     (n, worst)
 }
 
+/// Keeps reading (so that probes reach Redis) until the breaker has closed again.
+async fn until_breaker_closed(cache: &Cache, row: &Row) {
+    eventually(
+        Duration::from_secs(15),
+        "the breaker closes again",
+        || async {
+            read_for(cache, row, 50, Duration::from_millis(100)).await;
+            !cache.redis_breaker_open()
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn redis_stopped_slow_or_full_costs_no_request_and_is_used_again_when_back() {
     if redis_url().is_none() {
@@ -293,15 +248,7 @@ async fn redis_stopped_slow_or_full_costs_no_request_and_is_used_again_when_back
 
     // Back on the same port: the breaker closes and Redis serves again.
     let server = RedisServer::start_on(server.port).await;
-    eventually(Duration::from_secs(15), "Redis used again", || {
-        let cache = cache.clone();
-        let row = row.clone();
-        async move {
-            read_for(&cache, &row, 50, Duration::from_millis(100)).await;
-            !cache.redis_breaker_open()
-        }
-    })
-    .await;
+    until_breaker_closed(&cache, &row).await;
     let other = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A value written to Redis now is found there by another instance.
@@ -340,15 +287,7 @@ async fn redis_stopped_slow_or_full_costs_no_request_and_is_used_again_when_back
     let _ = stall.join();
 
     // Full: writes to Redis are refused (OOM); reads still answer.
-    eventually(Duration::from_secs(15), "breaker closed", || {
-        let cache = cache.clone();
-        let row = row.clone();
-        async move {
-            read_for(&cache, &row, 50, Duration::from_millis(100)).await;
-            !cache.redis_breaker_open()
-        }
-    })
-    .await;
+    until_breaker_closed(&cache, &row).await;
     server.cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"]);
     server.cli(&["CONFIG", "SET", "maxmemory", "1"]);
     let fresh = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();

@@ -289,12 +289,9 @@ pub(crate) async fn list_products(
             }
         })
         .await?;
-    let (_, body) = cached::present(value).unwrap_or_default();
-    let tag = cached::body_etag(&body);
-    Ok(cached::answer(
+    Ok(cached::answer_page(
         &headers,
-        body,
-        tag,
+        value,
         &app.inner.caching.public,
     ))
 }
@@ -483,12 +480,9 @@ pub(crate) async fn list_categories(
             }
         })
         .await?;
-    let (_, body) = cached::present(value).unwrap_or_default();
-    let tag = cached::body_etag(&body);
-    Ok(cached::answer(
+    Ok(cached::answer_page(
         &headers,
-        body,
-        tag,
+        value,
         &app.inner.caching.public,
     ))
 }

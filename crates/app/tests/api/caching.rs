@@ -46,6 +46,16 @@ async fn version_via(app: &TestApp, id: i64) -> Option<i64> {
     }
 }
 
+/// A GET with `If-None-Match: tag`.
+async fn conditional_get(url: impl reqwest::IntoUrl, tag: &str) -> reqwest::Response {
+    client()
+        .get(url)
+        .header("if-none-match", tag)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Polls until `f` holds, for at most `bound`; returns how long it took.
 async fn within<F, Fut>(bound: Duration, what: &str, mut f: F) -> Duration
 where
@@ -87,22 +97,12 @@ async fn catalog_reads_carry_validators_and_may_be_cached_by_clients() {
 
     // The client already has this version: 304, no body, the same validators.
     for inm in ["\"v1\"", "W/\"v1\"", "\"v0\", \"v1\"", "*"] {
-        let r = client()
-            .get(app.url(&format!("/api/products/{id}")))
-            .header("if-none-match", inm)
-            .send()
-            .await
-            .unwrap();
+        let r = conditional_get(app.url(&format!("/api/products/{id}")), inm).await;
         assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{inm}");
         assert_eq!(r.headers()["etag"], "\"v1\"");
         assert!(r.text().await.unwrap().is_empty());
     }
-    let r = client()
-        .get(app.url(&format!("/api/products/{id}")))
-        .header("if-none-match", "\"v0\"")
-        .send()
-        .await
-        .unwrap();
+    let r = conditional_get(app.url(&format!("/api/products/{id}")), "\"v0\"").await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // Lists: a weak tag of the page; a write to a product on it changes the tag at once.
@@ -110,20 +110,10 @@ async fn catalog_reads_carry_validators_and_may_be_cached_by_clients() {
     let r = client().get(&list).send().await.unwrap();
     let tag = r.headers()["etag"].to_str().unwrap().to_owned();
     assert!(tag.starts_with("W/\""), "{tag}");
-    let r = client()
-        .get(&list)
-        .header("if-none-match", &tag)
-        .send()
-        .await
-        .unwrap();
+    let r = conditional_get(&list, &tag).await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     patch_name(&app, id, "Renamed").await;
-    let r = client()
-        .get(&list)
-        .header("if-none-match", &tag)
-        .send()
-        .await
-        .unwrap();
+    let r = conditional_get(&list, &tag).await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         r.json::<Value>().await.unwrap()["items"][0]["name"],

@@ -1,61 +1,17 @@
+//! The in-process tier: single-flight, versions and tombstones, stale-while-revalidate, XFetch, negative
+//! caching, page generations and the invalidation bus (over an in-process feed).
+
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use tenfold_cache::{
+    Cache, Change, ChangeFeed, FeedError, FeedEvent, Key, Message, Settings, Source, Value,
+};
 
-use super::*;
-
-fn present(version: i64) -> Value {
-    Value::Present {
-        version,
-        body: Bytes::from(format!("{{\"version\":{version}}}")),
-    }
-}
-
-/// A "database" row: its version (0 = absent), how many loads reached it, and a load delay.
-#[derive(Clone)]
-struct Row {
-    version: Arc<AtomicI64>,
-    loads: Arc<AtomicUsize>,
-    delay: Duration,
-}
-
-impl Row {
-    fn new(version: i64, delay_ms: u64) -> Row {
-        Row {
-            version: Arc::new(AtomicI64::new(version)),
-            loads: Arc::new(AtomicUsize::new(0)),
-            delay: Duration::from_millis(delay_ms),
-        }
-    }
-
-    /// The loader: reads the version first, then waits (as a query whose answer is in flight).
-    fn loader(
-        &self,
-    ) -> impl Fn() -> futures::future::BoxFuture<'static, Result<Value, String>>
-           + Clone
-           + Send
-           + Sync
-           + 'static {
-        let row = self.clone();
-        move || {
-            let row = row.clone();
-            Box::pin(async move {
-                row.loads.fetch_add(1, Ordering::SeqCst);
-                let v = row.version.load(Ordering::SeqCst);
-                tokio::time::sleep(row.delay).await;
-                Ok(if v == 0 { Value::Absent } else { present(v) })
-            })
-        }
-    }
-
-    fn loads(&self) -> usize {
-        self.loads.load(Ordering::SeqCst)
-    }
-}
+mod common;
+use common::{eventually, present, Row};
 
 fn cache() -> Cache {
     Cache::new(Settings {
@@ -108,7 +64,7 @@ async fn a_load_that_read_before_a_write_is_not_cached_after_it() {
         tokio::spawn(async move { c.get_or_load(Key::Product(5), l).await.unwrap().0 })
     };
     tokio::time::sleep(Duration::from_millis(10)).await;
-    row.version.store(2, Ordering::SeqCst);
+    row.set(2);
     c.invalidate(Change {
         products: vec![(5, Some(2))],
         ..Change::default()
@@ -153,7 +109,7 @@ async fn unknown_ids_are_remembered_until_created() {
         1,
         "a flood of one unknown id reaches the database once"
     );
-    row.version.store(1, Ordering::SeqCst);
+    row.set(1);
     c.invalidate(Change {
         products: vec![(77, Some(1))],
         ..Change::default()
@@ -168,7 +124,7 @@ async fn a_deleted_product_reads_as_absent() {
     let c = cache();
     let row = Row::new(3, 0);
     c.get_or_load(Key::Product(8), row.loader()).await.unwrap();
-    row.version.store(0, Ordering::SeqCst);
+    row.set(0);
     c.invalidate(Change {
         products: vec![(8, None)],
         ..Change::default()
@@ -197,7 +153,7 @@ async fn stale_values_are_served_while_one_refresh_runs() {
     let row = Row::new(1, 40);
     c.get_or_load(Key::Product(3), row.loader()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    row.version.store(2, Ordering::SeqCst);
+    row.set(2);
     for _ in 0..50 {
         let (v, s) = c.get_or_load(Key::Product(3), row.loader()).await.unwrap();
         assert_eq!(
@@ -206,7 +162,7 @@ async fn stale_values_are_served_while_one_refresh_runs() {
             "served at once, not waiting for the load"
         );
     }
-    crate::tests::eventually(|| {
+    eventually(Duration::from_secs(5), "the refresh", || {
         let c = c.clone();
         let row = row.clone();
         async move {
@@ -330,18 +286,6 @@ impl ChangeFeed for LocalBus {
     }
 }
 
-async fn eventually<F, Fut>(mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !f().await {
-        assert!(Instant::now() < deadline, "condition not met within 5 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test]
 async fn invalidations_reach_other_instances_and_gaps_flush() {
     let (tx, _) = tokio::sync::broadcast::channel(64);
@@ -353,13 +297,13 @@ async fn invalidations_reach_other_instances_and_gaps_flush() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let row = Row::new(1, 0);
     b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
-    row.version.store(2, Ordering::SeqCst);
+    row.set(2);
     a.invalidate(Change {
         products: vec![(1, Some(2))],
         ..Change::default()
     })
     .await;
-    eventually(|| {
+    eventually(Duration::from_secs(5), "B sees version 2", || {
         let b = b.clone();
         let row = row.clone();
         async move {
@@ -385,7 +329,7 @@ async fn invalidations_reach_other_instances_and_gaps_flush() {
             .await
             .unwrap();
     }
-    eventually(|| {
+    eventually(Duration::from_secs(5), "B flushed", || {
         let b = b.clone();
         async move { b.entry_count().await == 0 }
     })

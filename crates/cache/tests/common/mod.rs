@@ -1,0 +1,76 @@
+//! Shared by the cache's integration tests: a simulated database row and its loader, and a bounded wait.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tenfold_cache::Value;
+
+/// The cached form of version `v` of the row.
+pub(crate) fn present(v: i64) -> Value {
+    Value::Present {
+        version: v,
+        body: Bytes::from(format!("{{\"version\":{v}}}")),
+    }
+}
+
+/// A database row shared by every "instance": its version (0 = absent), the loads that reached it and
+/// how long one takes.
+#[derive(Clone)]
+pub(crate) struct Row {
+    pub(crate) version: Arc<AtomicI64>,
+    loads: Arc<AtomicUsize>,
+    delay: Duration,
+}
+
+impl Row {
+    pub(crate) fn new(version: i64, delay_ms: u64) -> Row {
+        Row {
+            version: Arc::new(AtomicI64::new(version)),
+            loads: Arc::new(AtomicUsize::new(0)),
+            delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    pub(crate) fn set(&self, version: i64) {
+        self.version.store(version, Ordering::SeqCst);
+    }
+
+    /// The loader: reads the version first, then waits (as a query whose answer is in flight).
+    pub(crate) fn loader(
+        &self,
+    ) -> impl Fn() -> BoxFuture<'static, Result<Value, String>> + Clone + Send + Sync + 'static
+    {
+        let row = self.clone();
+        move || {
+            let row = row.clone();
+            Box::pin(async move {
+                row.loads.fetch_add(1, Ordering::SeqCst);
+                let v = row.version.load(Ordering::SeqCst);
+                tokio::time::sleep(row.delay).await;
+                Ok(if v == 0 { Value::Absent } else { present(v) })
+            })
+        }
+    }
+
+    pub(crate) fn loads(&self) -> usize {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+/// Polls `f` until it holds, failing the test after `bound`.
+pub(crate) async fn eventually<F, Fut>(bound: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
