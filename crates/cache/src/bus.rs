@@ -112,19 +112,64 @@ pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGu
             }
         }
     }));
-    let (in_tx, mut in_rx) = mpsc::channel::<FeedEvent>(1024);
-    for feed in feeds {
-        let tx = in_tx.clone();
-        tasks.push(tokio::spawn(async move { feed.subscribe(tx).await }));
+    let n = feeds.len();
+    let (in_tx, mut in_rx) = mpsc::channel::<(usize, FeedEvent)>(1024);
+    // Feeds subscribe in order, each after the one before it has (or after 2 s): the first feed (the
+    // database's) is then subscribed before the others, so their reconnects are covered by it.
+    let mut previous: Option<tokio::sync::oneshot::Receiver<()>> = None;
+    for (i, feed) in feeds.into_iter().enumerate() {
+        let (tx, mut rx) = mpsc::channel::<FeedEvent>(256);
+        let after = previous.take();
+        tasks.push(tokio::spawn(async move {
+            if let Some(after) = after {
+                let _ = tokio::time::timeout(Duration::from_secs(2), after).await;
+            }
+            feed.subscribe(tx).await
+        }));
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        previous = Some(first_rx);
+        let all = in_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut first = Some(first_tx);
+            while let Some(ev) = rx.recv().await {
+                if all.send((i, ev)).await.is_err() {
+                    return;
+                }
+                if let Some(f) = first.take() {
+                    let _ = f.send(());
+                }
+            }
+        }));
     }
     drop(in_tx);
     let applier = tokio::spawn(async move {
         let mut last: HashMap<u64, u64> = HashMap::new();
-        while let Some(ev) = in_rx.recv().await {
+        // When each feed's current subscription began.
+        let mut since: Vec<Option<std::time::Instant>> = vec![None; n];
+        while let Some((i, ev)) = in_rx.recv().await {
             match ev {
                 FeedEvent::Lost(reason) => {
+                    let before = since[i].replace(std::time::Instant::now());
+                    // Another feed that has been subscribed since before this one's previous subscription
+                    // (or, for a first subscription, at all) carried everything this one can have
+                    // missed since: no flush, and what L1 knows stays in force.
+                    let covered = since.iter().enumerate().any(|(j, t)| {
+                        j != i
+                            && match (t, before) {
+                                (Some(t), Some(b)) => *t <= b,
+                                (Some(_), None) => true,
+                                (None, _) => false,
+                            }
+                    });
+                    if covered {
+                        tracing::debug!(
+                            reason,
+                            "a feed resubscribed; another stayed up, so nothing was lost"
+                        );
+                        continue;
+                    }
                     last.clear();
-                    inner.flush(reason);
+                    inner.flush(reason).await;
                 }
                 FeedEvent::Payload(p) => {
                     let msg: Message = match serde_json::from_str(&p) {
@@ -144,7 +189,7 @@ pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGu
                                 last.insert(msg.origin, prev);
                                 continue;
                             }
-                            inner.flush("gap");
+                            inner.flush("gap").await;
                         }
                         _ => {}
                     }

@@ -268,6 +268,7 @@ impl Cache {
             .max_capacity(settings.capacity_bytes)
             .weigher(|_k: &Key, e: &Arc<Entry>| e.weight)
             .expire_after(Expiry)
+            .support_invalidation_closures()
             .build();
         Cache {
             inner: Some(Arc::new(Inner {
@@ -396,10 +397,12 @@ impl Cache {
         }
     }
 
-    /// Empties L1 and moves every page key to a new epoch (after a missed invalidation).
-    pub fn flush(&self, reason: &'static str) {
+    /// After a missed invalidation: products' values become tombstones at their versions (reloaded on
+    /// the next read, never older than what was known), unknown-id entries and pages go, page keys move
+    /// to a new epoch.
+    pub async fn flush(&self, reason: &'static str) {
         if let Some(inner) = &self.inner {
-            inner.flush(reason);
+            inner.flush(reason).await;
         }
     }
 
@@ -646,6 +649,13 @@ impl Inner {
         Ok(v)
     }
 
+    fn tombstone_life(&self) -> Duration {
+        self.settings
+            .ttl
+            .mul_f64(1.0 + self.settings.jitter.clamp(0.0, 0.5))
+            + Duration::from_secs(1)
+    }
+
     fn l2_ttl(&self, v: &Value) -> Duration {
         match v {
             Value::Present { .. } => self.jittered(self.settings.ttl),
@@ -660,19 +670,7 @@ impl Inner {
                 Some(v) => (v, false),
                 None => (i64::MAX, true),
             };
-            let tombstone = Arc::new(Entry {
-                state: State::Tombstone {
-                    min_version,
-                    deleted,
-                },
-                fresh_until: Instant::now(),
-                loaded_at: Instant::now(),
-                // Longer than any load can take, so a load that read the old row finds it.
-                expires_after: Duration::from_secs(60),
-                load_time: Duration::ZERO,
-                refreshing: AtomicBool::new(false),
-                weight: 128,
-            });
+            let tombstone = self.tombstone(min_version, deleted);
             self.l1
                 .entry(Key::Product(id))
                 .and_compute_with(|cur| async move {
@@ -706,11 +704,56 @@ impl Inner {
         }
     }
 
-    fn flush(&self, reason: &'static str) {
+    /// Forgets what L1 cannot trust after a missed invalidation, but not what it knows: a product's value
+    /// becomes a tombstone at its version (it may no longer be current, but nothing older is), "absent"
+    /// entries and pages go, tombstones stay; page keys move to a new epoch.
+    async fn flush(&self, reason: &'static str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.l1.invalidate_all();
+        let products: Vec<i64> = self
+            .l1
+            .iter()
+            .filter_map(|(k, e)| match (&*k, &e.state) {
+                (Key::Product(id), State::Value(_)) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let _ = self
+            .l1
+            .invalidate_entries_if(|k, _| matches!(k, Key::Page(_)));
+        for id in products {
+            self.l1
+                .entry(Key::Product(id))
+                .and_compute_with(|cur| async move {
+                    match cur.as_ref().map(|c| &c.value().state) {
+                        Some(State::Value(Value::Present { version, .. })) => {
+                            Op::Put(self.tombstone(*version, false))
+                        }
+                        Some(State::Value(Value::Absent)) => Op::Remove,
+                        _ => Op::Nop,
+                    }
+                })
+                .await;
+        }
         self.stats.flush(reason);
         tracing::info!(reason, "cache flushed");
+    }
+
+    /// An entry saying "only version `min_version` or newer may be cached" (`deleted`: or "absent").
+    fn tombstone(&self, min_version: i64, deleted: bool) -> Arc<Entry> {
+        Arc::new(Entry {
+            state: State::Tombstone {
+                min_version,
+                deleted,
+            },
+            fresh_until: Instant::now(),
+            loaded_at: Instant::now(),
+            // As long as any copy of an older version can live (in Redis, say, if the writer could not
+            // invalidate it there): until then, this instance refuses older versions from anywhere.
+            expires_after: self.tombstone_life(),
+            load_time: Duration::ZERO,
+            refreshing: AtomicBool::new(false),
+            weight: 128,
+        })
     }
 }
 

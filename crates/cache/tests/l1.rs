@@ -6,12 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tenfold_cache::{
-    Cache, Change, ChangeFeed, FeedError, FeedEvent, Key, Message, Settings, Source, Value,
-};
+use tenfold_cache::{Cache, Change, ChangeFeed, Key, Message, Settings, Source, Value};
 
 mod common;
-use common::{eventually, present, Row};
+use common::{eventually, present, LocalBus, Row};
 
 fn cache() -> Cache {
     Cache::new(Settings {
@@ -231,7 +229,7 @@ async fn page_keys_move_with_their_tags() {
 async fn a_page_key_taken_before_a_write_is_not_cached() {
     let c = cache();
     let k = c.page_key("all", "");
-    c.flush("test");
+    c.flush("test").await;
     let row = Row::new(1, 0);
     c.get_or_load(k.clone(), row.loader()).await.unwrap();
     c.get_or_load(k, row.loader()).await.unwrap();
@@ -260,36 +258,10 @@ async fn loader_errors_reach_the_caller_and_are_not_cached() {
     assert_eq!(v, present(2));
 }
 
-/// An in-process bus: a broadcast channel standing in for the transport (the real transports are
-/// tested against real Redis, PostgreSQL and SQLite elsewhere).
-struct LocalBus {
-    tx: tokio::sync::broadcast::Sender<String>,
-}
-
-#[async_trait::async_trait]
-impl ChangeFeed for LocalBus {
-    fn name(&self) -> &'static str {
-        "local"
-    }
-    async fn publish(&self, payload: &str) -> Result<(), FeedError> {
-        let _ = self.tx.send(payload.to_owned());
-        Ok(())
-    }
-    async fn subscribe(&self, tx: tokio::sync::mpsc::Sender<FeedEvent>) {
-        let mut rx = self.tx.subscribe();
-        let _ = tx.send(FeedEvent::Lost("subscribed")).await;
-        while let Ok(p) = rx.recv().await {
-            if tx.send(FeedEvent::Payload(p)).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn invalidations_reach_other_instances_and_gaps_flush() {
     let (tx, _) = tokio::sync::broadcast::channel(64);
-    let bus: Arc<dyn ChangeFeed> = Arc::new(LocalBus { tx: tx.clone() });
+    let bus: Arc<dyn ChangeFeed> = Arc::new(LocalBus::new(tx.clone()));
     let a = cache();
     let b = cache();
     let _ga = a.start_bus(vec![bus.clone()]);
@@ -329,9 +301,17 @@ async fn invalidations_reach_other_instances_and_gaps_flush() {
             .await
             .unwrap();
     }
+    // B flushed: its next read of product 2 goes to the database again.
     eventually(Duration::from_secs(5), "B flushed", || {
         let b = b.clone();
-        async move { b.entry_count().await == 0 }
+        let row = row.clone();
+        async move {
+            b.get_or_load(Key::Product(2), row.loader())
+                .await
+                .unwrap()
+                .1
+                == Source::Loaded
+        }
     })
     .await;
 }
@@ -350,4 +330,57 @@ fn messages_are_compact_json() {
     let s = serde_json::to_string(&m).unwrap();
     assert_eq!(s, r#"{"o":1,"s":2,"p":[[5,3],[6,null]],"t":["all"]}"#);
     assert_eq!(serde_json::from_str::<Message>(&s).unwrap(), m);
+}
+
+#[tokio::test]
+async fn a_reconnect_is_no_loss_while_another_feed_stayed_up_and_tombstones_survive_a_flush() {
+    let one = Arc::new(LocalBus::new(tokio::sync::broadcast::channel(64).0));
+    let two = Arc::new(LocalBus::new(tokio::sync::broadcast::channel(64).0));
+    let b = cache();
+    let _g = b.start_bus(vec![one.clone(), two.clone()]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let row = Row::new(1, 0);
+    b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    // Feed two (subscribed after feed one) reconnects; feed one was up all along: nothing was missed,
+    // no flush.
+    two.lose();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_, s) = b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    assert_eq!(
+        s,
+        Source::Hit,
+        "a reconnect covered by another feed flushed L1"
+    );
+
+    // A write B knows of (a tombstone for version 5), then feed one reconnects, and feed two has not
+    // been up since before feed one's previous subscription: B flushes, but the tombstone stays, so a
+    // straggler's version 4 is still refused.
+    b.invalidate(Change {
+        products: vec![(2, Some(5))],
+        ..Change::default()
+    })
+    .await;
+    one.lose();
+    eventually(Duration::from_secs(5), "flushed", || {
+        let b = b.clone();
+        let row = row.clone();
+        async move {
+            let (_, s) = b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+            s == Source::Loaded
+        }
+    })
+    .await;
+    let straggler = Row::new(4, 0);
+    b.get_or_load(Key::Product(2), straggler.loader())
+        .await
+        .unwrap();
+    let (v, s) = b
+        .get_or_load(Key::Product(2), straggler.loader())
+        .await
+        .unwrap();
+    assert_eq!(
+        (v, s),
+        (present(4), Source::Loaded),
+        "version 4 was cached over the tombstone of 5"
+    );
 }

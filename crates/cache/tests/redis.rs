@@ -9,7 +9,9 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tenfold_cache::{Cache, Change, Key, RedisOptions, Settings, Value};
+use std::sync::Arc;
+
+use tenfold_cache::{Cache, Change, Key, RedisOptions, Settings, Source, Value};
 use tenfold_test_support::RedisServer;
 
 use common::{eventually, present, Row};
@@ -294,4 +296,83 @@ async fn redis_stopped_slow_or_full_costs_no_request_and_is_used_again_when_back
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (n, _) = read_for(&fresh, &Row::new(1, 0), 200, Duration::from_millis(500)).await;
     assert!(n > 0);
+}
+
+/// A writes while it cannot reach Redis (so the Redis copy of the old version stays), B learns of the
+/// write over the database feed and then has to flush (its feed reconnected): B must not read the old
+/// version back from Redis.
+#[tokio::test]
+async fn a_flush_does_not_bring_back_a_value_a_write_replaced() {
+    let Some(url) = redis_url() else { return };
+    let p = prefix();
+    let feed = Arc::new(common::LocalBus::new(tokio::sync::broadcast::channel(64).0));
+    // A's Redis is a port nobody listens on: every Redis call of A fails.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("redis://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let a = Cache::with_redis(settings(), &opts(&dead_url, &p)).unwrap();
+    let b = Cache::with_redis(settings(), &opts(&url, &p)).unwrap();
+    let _ga = a.start_bus(vec![feed.clone()]);
+    let _gb = b.start_bus(vec![feed.clone()]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let row = Row::new(1, 0);
+    // B reads version 1: it is now in B's L1 and in Redis.
+    assert_eq!(
+        b.get_or_load(Key::Product(7), row.loader())
+            .await
+            .unwrap()
+            .0,
+        present(1)
+    );
+    row.set(2);
+    a.invalidate(Change {
+        products: vec![(7, Some(2))],
+        ..Change::default()
+    })
+    .await;
+    eventually(Duration::from_secs(3), "B sees version 2", || {
+        let b = b.clone();
+        let l = row.loader();
+        async move { b.get_or_load(Key::Product(7), l).await.unwrap().0 == present(2) }
+    })
+    .await;
+    // B's only feed reconnects: B flushes its values. Redis still has version 1 (A could not invalidate
+    // it, and B's own load of version 2 may or may not have replaced it): put it back to be sure.
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}p:7"))
+        .arg("P1:{\"version\":1}")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    feed.lose();
+    // Until the flush, B answers from L1; the first answer after it is the one that matters.
+    eventually(Duration::from_secs(3), "B flushed", || {
+        let b = b.clone();
+        let l = row.loader();
+        async move {
+            let (v, s) = b.get_or_load(Key::Product(7), l).await.unwrap();
+            assert_eq!(
+                v,
+                present(2),
+                "B went back to the version the write replaced"
+            );
+            s != Source::Hit
+        }
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(
+            b.get_or_load(Key::Product(7), row.loader())
+                .await
+                .unwrap()
+                .0,
+            present(2),
+            "B went back to the version the write replaced"
+        );
+    }
 }

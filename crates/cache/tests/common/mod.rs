@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tenfold_cache::Value;
+use tenfold_cache::{ChangeFeed, FeedError, FeedEvent, Value};
 
 /// The cached form of version `v` of the row.
 pub(crate) fn present(v: i64) -> Value {
@@ -72,5 +72,56 @@ where
     while !f().await {
         assert!(start.elapsed() < bound, "{what}: not within {bound:?}");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// An in-process feed: a broadcast channel standing in for a transport (the real transports are tested
+/// against real Redis, PostgreSQL and SQLite). `lose()` makes every subscriber report a reconnect.
+pub(crate) struct LocalBus {
+    tx: tokio::sync::broadcast::Sender<String>,
+    lost: tokio::sync::broadcast::Sender<()>,
+}
+
+impl LocalBus {
+    pub(crate) fn new(tx: tokio::sync::broadcast::Sender<String>) -> LocalBus {
+        LocalBus {
+            tx,
+            lost: tokio::sync::broadcast::channel(4).0,
+        }
+    }
+
+    /// Every subscriber reports that it resubscribed (as after a dropped connection).
+    pub(crate) fn lose(&self) {
+        let _ = self.lost.send(());
+    }
+}
+
+#[async_trait::async_trait]
+impl ChangeFeed for LocalBus {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+    async fn publish(&self, payload: &str) -> Result<(), FeedError> {
+        let _ = self.tx.send(payload.to_owned());
+        Ok(())
+    }
+    async fn subscribe(&self, tx: tokio::sync::mpsc::Sender<FeedEvent>) {
+        let mut rx = self.tx.subscribe();
+        let mut lost = self.lost.subscribe();
+        if tx.send(FeedEvent::Lost("subscribed")).await.is_err() {
+            return;
+        }
+        loop {
+            let ev = tokio::select! {
+                p = rx.recv() => match p {
+                    Ok(p) => FeedEvent::Payload(p),
+                    Err(_) => return,
+                },
+                _ = lost.recv() => FeedEvent::Lost("reconnected"),
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
     }
 }
