@@ -8,14 +8,15 @@
 #   REDIS_URL=redis://127.0.0.1:6379 ...           # the Redis for the `up` part (default shown)
 #
 # Single instance, per mode (on = default cache, off = --no-cache), each on a fresh process:
-#   start -> warm pass (every id once, sequential; on only) -> Zipf warm-up (WARMUP, discarded)
+#   start -> warm pass (every id at least once, sequential, 8 s; on only) -> Zipf warm-up (WARMUP, discarded)
 #   -> wrk /healthz -> wrk Zipf (measured) with /metrics scraped before and after.
 # "Database queries" are the cache's loads (`cache_loads_total`: every read that reached the database;
 # with the cache off every product read is one). Goals (cache on): Zipf req/s >= 0.80 x /healthz req/s of
 # the same process in the same run; database queries per 1,000 requests <= 20 at steady state (after the
 # warm pass: with a 10-minute TTL and this traffic, every key is read many times per TTL).
 # `up` part: `tenfold up --instances 3 --min 3 --max 3 --redis-url ...` on the same catalog; the same
-# phases through the balancer; loads summed over the three instances' /metrics.
+# phases through the balancer (a 24 s warm pass, as each instance sees a third of it); loads summed over
+# the three instances' /metrics.
 # Everything binds to 127.0.0.1; only processes this script started are stopped. Raw output under
 # bench/results/. STRICT=1 makes the script exit 2 when a goal is missed.
 set -euo pipefail
@@ -81,14 +82,14 @@ metric_sum() { # metric_sum NAME URL...
 
 # measure LABEL BASE METRICS_URL... : the phases against BASE; loads scraped from the METRICS_URLs.
 measure() {
-    local label="$1" base="$2" warm="$3"
-    shift 3
+    local label="$1" base="$2" warm="$3" warm_for="$4"
+    shift 4
     for path in /healthz /api/products/1 "/api/products/$PRODUCTS"; do
         code="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "$base$path")"
         [[ "$code" == 200 ]] || bench_die "GET $base$path answered $code, expected 200"
     done
     if [[ "$warm" == 1 ]]; then
-        wrk_run "$label-warm-pass" 8s "$base" -s "$BENCH_DIR/sequential-product.lua" -- "$PRODUCTS" "$THREADS"
+        wrk_run "$label-warm-pass" "$warm_for" "$base" -s "$BENCH_DIR/sequential-product.lua" -- "$PRODUCTS" "$THREADS"
     fi
     wrk_run "$label-warmup" "$WARMUP" "$base" -s "$BENCH_DIR/zipf-product.lua" -- "$PRODUCTS"
     wrk_run "$label-healthz" "$DURATION" "$base/healthz"
@@ -107,7 +108,7 @@ for mode in on off; do
     [[ "$mode" == off ]] && args=(--no-cache)
     bench_start_app "$bin" "$db_url" "$work" "${args[@]+"${args[@]}"}"
     bench_log "app ($mode) pid $APP_PID on $APP_ADDR"
-    measure "one-$mode" "http://$APP_ADDR" "$([[ $mode == on ]] && echo 1 || echo 0)" "http://$APP_ADDR"
+    measure "one-$mode" "http://$APP_ADDR" "$([[ $mode == on ]] && echo 1 || echo 0)" 8s "http://$APP_ADDR"
     bench_stop_pid "$APP_PID"
 done
 
@@ -137,7 +138,9 @@ if [[ "$UP" == 1 ]]; then
         python3 -c 'import json,sys; [print("http://" + i["addr"]) for i in json.load(sys.stdin)["instances"]]')
     ((${#instances[@]} == 3)) || bench_die "expected 3 instances, got ${#instances[@]}"
     bench_log "tenfold up at $lb_url, instances ${instances[*]}"
-    measure "up-on" "$lb_url" 1 "${instances[@]}"
+    # The balancer spreads the warm pass over the three instances: three times as long, so that every
+    # instance's L1 sees every id (from the database once, then from Redis).
+    measure "up-on" "$lb_url" 1 24s "${instances[@]}"
     mapfile -t after < <(curl -sS --max-time 5 -H "authorization: Bearer $token" "$admin/instances" |
         python3 -c 'import json,sys; [print("http://" + i["addr"]) for i in json.load(sys.stdin)["instances"]]')
     [[ "${after[*]}" == "${instances[*]}" ]] || bench_log "warning: the instance set changed during the run"
