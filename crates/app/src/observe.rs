@@ -105,6 +105,19 @@ pub(crate) async fn observe(State(app): State<App>, mut req: Request, next: Next
     });
     let h = resp.headers_mut();
     h.insert(X_REQUEST_ID.clone(), id);
+    // A compressed body is another representation: its entity tag can only be weak (as nginx does).
+    // If-None-Match compares weakly, and If-Match here accepts weak tags, so validation still works.
+    if h.contains_key(axum::http::header::CONTENT_ENCODING) {
+        if let Some(tag) = h.get(axum::http::header::ETAG) {
+            if !tag.as_bytes().starts_with(b"W/") {
+                let mut weak = b"W/".to_vec();
+                weak.extend_from_slice(tag.as_bytes());
+                if let Ok(v) = axum::http::HeaderValue::from_bytes(&weak) {
+                    h.insert(axum::http::header::ETAG, v);
+                }
+            }
+        }
+    }
     // Only catalog reads say they may be cached (public, with validators); everything else — writes,
     // errors, health, metrics — must not be.
     if !h.contains_key(axum::http::header::CACHE_CONTROL) {

@@ -42,7 +42,15 @@ pub struct Message {
     /// What changed.
     #[serde(flatten)]
     pub change: Change,
+    /// A heartbeat: no change, `seq` is the sender's latest number (so a lost last message is noticed).
+    #[serde(rename = "h", default, skip_serializing_if = "std::ops::Not::not")]
+    pub heartbeat: bool,
 }
+
+/// How often an instance that has sent changes repeats its latest sequence number.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Messages waiting for one feed; beyond this they are dropped (receivers see the gap).
+const LANE_CAPACITY: usize = 4096;
 
 /// Publishes one change from outside a running cache (a one-off process such as `tenfold seed`): a new
 /// origin whose first and only message is number 1, which every receiver applies.
@@ -54,6 +62,7 @@ pub async fn announce(
         origin: rand::random::<u64>(),
         seq: 1,
         change,
+        heartbeat: false,
     };
     let payload =
         serde_json::to_string(&msg).map_err(|e| tenfold_store::FeedError(e.to_string()))?;
@@ -68,47 +77,57 @@ pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGu
     let origin = inner.origin;
     let mut tasks = Vec::new();
     // One publisher per feed, so a feed that is down does not hold up the others.
-    let mut lanes: Vec<mpsc::UnboundedSender<Arc<str>>> = Vec::new();
+    let mut lanes: Vec<mpsc::Sender<Arc<str>>> = Vec::new();
     for feed in &feeds {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Arc<str>>();
+        let (tx, mut rx) = mpsc::channel::<Arc<str>>(LANE_CAPACITY);
         lanes.push(tx);
         let feed = feed.clone();
         let inner = inner.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(payload) = rx.recv().await {
-                // A few quick attempts; after that the message is dropped on this feed. Its number
-                // stays used, so a receiver that gets it over no feed sees a gap and flushes.
-                let mut delay = Duration::from_millis(10);
-                for attempt in 0..4 {
+                // Two quick retries; then the message is dropped on this feed. Its number stays used,
+                // so a receiver that gets it over no feed sees a gap and flushes.
+                for attempt in 0..3u32 {
                     match feed.publish(&payload).await {
                         Ok(()) => break,
                         Err(e) => {
                             inner.stats.publish_errors.increment(1);
-                            tracing::warn!(feed = feed.name(), attempt, error = %e, "publishing a cache invalidation failed");
-                            tokio::time::sleep(delay).await;
-                            delay *= 4;
+                            tracing::debug!(feed = feed.name(), attempt, error = %e, "publishing a cache invalidation failed");
+                            tokio::time::sleep(Duration::from_millis(10 << (2 * attempt))).await;
                         }
                     }
                 }
             }
         }));
     }
-    // The sequencer numbers this instance's changes, in the order they were made.
+    // The sequencer numbers this instance's changes, in the order they were made, and repeats the latest
+    // number now and then.
     tasks.push(tokio::spawn(async move {
         let mut seq = 0u64;
-        while let Some(change) = out_rx.recv().await {
-            seq += 1;
-            let msg = Message {
-                origin,
-                seq,
-                change,
+        let mut beat = tokio::time::interval(HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let msg = tokio::select! {
+                change = out_rx.recv() => {
+                    let Some(change) = change else { return };
+                    seq += 1;
+                    Message { origin, seq, change, heartbeat: false }
+                }
+                _ = beat.tick() => {
+                    if seq == 0 {
+                        continue;
+                    }
+                    Message { origin, seq, change: Change::default(), heartbeat: true }
+                }
             };
             let Ok(payload) = serde_json::to_string(&msg) else {
                 continue;
             };
             let payload: Arc<str> = payload.into();
             for lane in &lanes {
-                let _ = lane.send(payload.clone());
+                if lane.try_send(payload.clone()).is_err() {
+                    tracing::warn!("a cache invalidation feed is backed up; dropping a message (receivers will resynchronize)");
+                }
             }
         }
     }));
@@ -148,6 +167,7 @@ pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGu
         let mut since: Vec<Option<std::time::Instant>> = vec![None; n];
         while let Some((i, ev)) = in_rx.recv().await {
             match ev {
+                FeedEvent::Down => since[i] = None,
                 FeedEvent::Lost(reason) => {
                     let before = since[i].replace(std::time::Instant::now());
                     // Another feed that has been subscribed since before this one's previous subscription
@@ -182,10 +202,24 @@ pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGu
                     if msg.origin == origin {
                         continue;
                     }
+                    if msg.heartbeat {
+                        match last.get(&msg.origin) {
+                            Some(&prev) if msg.seq > prev => {
+                                // The sender's latest messages never arrived.
+                                inner.flush("gap").await;
+                                last.insert(msg.origin, msg.seq);
+                            }
+                            Some(_) => {}
+                            None => {
+                                last.insert(msg.origin, msg.seq);
+                            }
+                        }
+                        continue;
+                    }
                     match last.insert(msg.origin, msg.seq) {
                         Some(prev) if msg.seq != prev + 1 => {
                             if msg.seq <= prev {
-                                // A duplicate or a replay (the feed re-read): already applied.
+                                // A duplicate (the same message over another feed): already applied.
                                 last.insert(msg.origin, prev);
                                 continue;
                             }
@@ -194,7 +228,11 @@ pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGu
                         _ => {}
                     }
                     inner.stats.invalidations_remote.increment(1);
-                    inner.apply(&msg.change).await;
+                    // Applied on its own task: a key whose load is in flight (its lock held) must not
+                    // hold up the invalidations of other keys. Tombstones keep the highest version, so
+                    // the order in which two changes of one key land does not matter.
+                    let inner = inner.clone();
+                    tokio::spawn(async move { inner.apply(&msg.change).await });
                 }
             }
         }

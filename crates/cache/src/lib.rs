@@ -168,14 +168,21 @@ impl Entry {
             (State::Tombstone { min_version, .. }, Value::Present { version, .. }) => {
                 version >= min_version
             }
-            (State::Tombstone { deleted, .. }, Value::Absent) => *deleted,
+            // A deleted tombstone already answers "absent", and must stay to refuse stragglers.
+            (State::Tombstone { .. }, Value::Absent) => false,
             (State::Value(Value::Present { version: old, .. }), Value::Present { version, .. }) => {
                 version >= old
             }
-            // The database said the row is gone, and ids are never reused: that is the newest word.
-            (State::Value(_), Value::Absent) => true,
-            (State::Value(Value::Absent), Value::Present { .. }) => true,
+            // A row that existed disappears only by a delete, whose invalidation leaves a deleted
+            // tombstone; an "absent" load over a present row read before the row was created.
+            (State::Value(Value::Present { .. }), Value::Absent) => false,
+            (State::Value(Value::Absent), _) => true,
         }
+    }
+
+    /// A deleted tombstone reads as "absent".
+    fn deleted(&self) -> bool {
+        matches!(self.state, State::Tombstone { deleted: true, .. })
     }
 }
 
@@ -205,8 +212,10 @@ impl moka::Expiry<Key, Arc<Entry>> for Expiry {
 struct Inner {
     settings: Settings,
     l1: moka::future::Cache<Key, Arc<Entry>>,
-    /// Bumped by a flush: loads that started before it are not cached, and page keys change.
+    /// Page keys carry it: bumped by a flush and by a change of every list.
     epoch: AtomicU64,
+    /// Bumped by a flush only: a load that started before a flush is not cached.
+    flushes: AtomicU64,
     generations: Mutex<HashMap<String, u64>>,
     stats: Stats,
     /// Where this instance's invalidations go for the others (set by `start_bus`).
@@ -275,6 +284,7 @@ impl Cache {
                 settings,
                 l1,
                 epoch: AtomicU64::new(0),
+                flushes: AtomicU64::new(0),
                 generations: Mutex::new(HashMap::new()),
                 stats: Stats::new(),
                 outbox: Mutex::new(None),
@@ -330,6 +340,10 @@ impl Cache {
         };
         let now = Instant::now();
         if let Some(e) = inner.l1.get(&key).await {
+            if e.deleted() {
+                inner.stats.hit(&Value::Absent);
+                return Ok((Value::Absent, Source::Hit));
+            }
             if let State::Value(v) = &e.state {
                 if now < e.fresh_until {
                     if inner.xfetch_due(&e, now) {
@@ -365,36 +379,50 @@ impl Cache {
             return;
         }
         let seen = e.loaded_at;
+        let entry = e.clone();
         tokio::spawn(async move {
             if let Err(err) = inner.load_through(key, load, Some(seen)).await {
                 tracing::debug!(error = %err, "background cache refresh failed; the stale value stays");
             }
+            // If the refresh failed or was refused, the entry may be refreshed again.
+            entry.refreshing.store(false, Ordering::Release);
         });
     }
 
-    /// Applies a write's invalidation here at once and sends it to the other instances.
+    /// Applies a write's invalidation here at once and sends it to the other instances. The work runs on
+    /// a task of its own, so a caller that goes away (a client that hangs up after the commit) cannot
+    /// cut it short.
     pub async fn invalidate(&self, change: Change) {
-        let Some(inner) = &self.inner else {
+        let Some(inner) = self.inner.clone() else {
             return;
         };
-        inner.stats.invalidations_local.increment(1);
-        inner.apply(&change).await;
-        // L2 before the message: an instance that gets the message and misses L1 must not find the old
-        // value in Redis.
-        if let Some(r) = &inner.l2 {
-            for &(id, version) in &change.products {
-                if r.invalidate(id, version).await.is_err() {
-                    if let Ok(mut p) = inner.pending_l2.lock() {
-                        p.insert(id, version);
+        let task = tokio::spawn(async move {
+            inner.stats.invalidations_local.increment(1);
+            // Others first (sending never waits), then this instance, then Redis.
+            if let Ok(outbox) = inner.outbox.lock() {
+                if let Some(tx) = outbox.as_ref() {
+                    let _ = tx.send(change.clone());
+                }
+            }
+            inner.apply(&change).await;
+            // Redis before this write's response: an instance that gets the message and misses L1
+            // must not find the old value in Redis.
+            if let Some(r) = &inner.l2 {
+                for &(id, version) in &change.products {
+                    if r.invalidate(id, version).await.is_err() {
+                        if let Ok(mut p) = inner.pending_l2.lock() {
+                            let e = p.entry(id).or_insert(version);
+                            // Keep the strongest: deleted, else the highest version.
+                            *e = match (*e, version) {
+                                (None, _) | (_, None) => None,
+                                (Some(a), Some(b)) => Some(a.max(b)),
+                            };
+                        }
                     }
                 }
             }
-        }
-        if let Ok(outbox) = inner.outbox.lock() {
-            if let Some(tx) = outbox.as_ref() {
-                let _ = tx.send(change);
-            }
-        }
+        });
+        let _ = task.await;
     }
 
     /// After a missed invalidation: products' values become tombstones at their versions (reloaded on
@@ -514,8 +542,11 @@ impl Inner {
         Fut: Future<Output = Result<Value, E>> + Send + 'static,
         E: std::fmt::Display + Send + Sync + 'static,
     {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        if key.epoch().is_some_and(|e| e != epoch) {
+        let flushes = self.flushes.load(Ordering::Acquire);
+        if key
+            .epoch()
+            .is_some_and(|e| e != self.epoch.load(Ordering::Acquire))
+        {
             // Built before a flush: nobody will read it again; load without caching.
             self.stats.loads.increment(1);
             return load().await;
@@ -532,6 +563,12 @@ impl Inner {
                     let now = Instant::now();
                     if let Some(cur) = &cur {
                         let e = cur.value();
+                        if e.deleted() {
+                            if let Ok(mut l) = loaded.lock() {
+                                *l = Some((Value::Absent, Duration::ZERO));
+                            }
+                            return Ok(Op::Nop);
+                        }
                         let usable = matches!(e.state, State::Value(_));
                         match refresh_of {
                             None if usable && now < e.fresh_until => {
@@ -552,7 +589,7 @@ impl Inner {
                     if let Ok(mut l) = loaded.lock() {
                         *l = Some((value.clone(), took));
                     }
-                    let admitted = this.epoch.load(Ordering::Acquire) == epoch
+                    let admitted = this.flushes.load(Ordering::Acquire) == flushes
                         && cur.as_ref().is_none_or(|c| c.value().admits(&value));
                     if !admitted {
                         this.stats.rejected.increment(1);
@@ -708,6 +745,7 @@ impl Inner {
     /// becomes a tombstone at its version (it may no longer be current, but nothing older is), "absent"
     /// entries and pages go, tombstones stay; page keys move to a new epoch.
     async fn flush(&self, reason: &'static str) {
+        self.flushes.fetch_add(1, Ordering::AcqRel);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         let products: Vec<i64> = self
             .l1

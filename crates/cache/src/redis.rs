@@ -6,8 +6,9 @@
 //! database. The connection is made in the background and re-made after failures.
 //!
 //! Values are stored as `<kind><version>:<body>`: `P` present, `A` absent, `T` invalidated (only version
-//! ≥ n may be stored again), `D` deleted (only "absent" may be stored). The Lua scripts apply the same
-//! version rule as L1, atomically, so an older value never replaces a newer one in Redis either.
+//! ≥ n may be stored again), `D` deleted (read as absent; nothing replaces it until it expires). The Lua
+//! scripts apply the same rules as L1, atomically, so an older value never replaces a newer one in Redis
+//! either, "absent" never hides a row that exists, and a deleted row cannot come back.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,9 +46,9 @@ if cur then
   if k == 'T' then
     if ARGV[1] ~= 'P' or n < v then return 0 end
   elseif k == 'D' then
-    if ARGV[1] ~= 'A' then return 0 end
+    return 0
   elseif k == 'P' then
-    if ARGV[1] == 'P' and n < v then return 0 end
+    if ARGV[1] == 'A' or n < v then return 0 end
   end
 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
@@ -84,18 +85,22 @@ const TRIP_AFTER: u32 = 3;
 const MIN_OPEN: Duration = Duration::from_millis(250);
 const MAX_OPEN: Duration = Duration::from_secs(5);
 
-/// A circuit breaker: closed (calls pass), open (calls fail fast until a time), half-open (one probe).
+/// A circuit breaker: closed (calls pass), open (calls fail fast until a time), half-open (one probe at a
+/// time; a probe that neither succeeded nor failed within `PROBE_TIMEOUT`, because its caller went away,
+/// no longer blocks the next).
 #[derive(Debug)]
 pub(crate) struct Breaker {
     failures: AtomicU32,
     state: Mutex<BreakerState>,
-    probing: AtomicBool,
 }
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct BreakerState {
     open_until: Option<Instant>,
     open_for: Duration,
+    probe_since: Option<Instant>,
 }
 
 impl Breaker {
@@ -105,20 +110,27 @@ impl Breaker {
             state: Mutex::new(BreakerState {
                 open_until: None,
                 open_for: MIN_OPEN,
+                probe_since: None,
             }),
-            probing: AtomicBool::new(false),
         }
     }
 
-    /// May a call go to Redis now? While open, no; once the open period is over, exactly one probe.
+    /// May a call go to Redis now? While open, no; once the open period is over, one probe at a time.
     pub(crate) fn allow(&self) -> bool {
-        let Ok(s) = self.state.lock() else {
+        let Ok(mut s) = self.state.lock() else {
             return false;
         };
+        let now = Instant::now();
         match s.open_until {
             None => true,
-            Some(t) if Instant::now() < t => false,
-            Some(_) => !self.probing.swap(true, Ordering::AcqRel),
+            Some(t) if now < t => false,
+            Some(_) => match s.probe_since {
+                Some(p) if now.duration_since(p) < PROBE_TIMEOUT => false,
+                _ => {
+                    s.probe_since = Some(now);
+                    true
+                }
+            },
         }
     }
 
@@ -131,25 +143,26 @@ impl Breaker {
             }
             s.open_until = None;
             s.open_for = MIN_OPEN;
+            s.probe_since = None;
         }
-        self.probing.store(false, Ordering::Release);
     }
 
     pub(crate) fn failure(&self) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let probe_failed = self.probing.swap(false, Ordering::AcqRel);
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        let probe_failed = s.probe_since.take().is_some();
         if n < TRIP_AFTER && !probe_failed {
             return;
         }
-        if let Ok(mut s) = self.state.lock() {
-            if s.open_until.is_none() {
-                tracing::warn!("Redis is failing: cache breaker open, reads go to the database");
-            } else {
-                s.open_for = (s.open_for * 2).min(MAX_OPEN);
-            }
-            s.open_until = Some(Instant::now() + s.open_for);
-            gauge!("cache_redis_breaker_open").set(1.0);
+        if s.open_until.is_none() {
+            tracing::warn!("Redis is failing: cache breaker open, reads go to the database");
+        } else {
+            s.open_for = (s.open_for * 2).min(MAX_OPEN);
         }
+        s.open_until = Some(Instant::now() + s.open_for);
+        gauge!("cache_redis_breaker_open").set(1.0);
     }
 
     /// True while calls are refused.
@@ -215,8 +228,8 @@ impl Redis {
     }
 
     fn connect_in_background(self: &Arc<Self>) {
-        if self.connecting.swap(true, Ordering::AcqRel)
-            || tokio::runtime::Handle::try_current().is_err()
+        if tokio::runtime::Handle::try_current().is_err()
+            || self.connecting.swap(true, Ordering::AcqRel)
         {
             return;
         }
@@ -427,7 +440,7 @@ fn decode(raw: &[u8]) -> Option<Value> {
             version,
             body: Bytes::copy_from_slice(&raw[colon + 1..]),
         }),
-        b'A' => Some(Value::Absent),
+        b'A' | b'D' => Some(Value::Absent),
         _ => None,
     }
 }
@@ -497,6 +510,9 @@ impl ChangeFeed for RedisFeed {
                 }
             }
             tracing::warn!("the Redis invalidation subscription ended; resubscribing");
+            if tx.send(FeedEvent::Down).await.is_err() {
+                return;
+            }
         }
     }
 }
@@ -518,7 +534,7 @@ mod tests {
             assert_eq!(decode(&encode(&v)), Some(v));
         }
         assert_eq!(decode(b"T5:"), None);
-        assert_eq!(decode(b"D0:"), None);
+        assert_eq!(decode(b"D0:"), Some(Value::Absent));
         assert_eq!(decode(b"garbage"), None);
     }
 
@@ -542,5 +558,22 @@ mod tests {
         b.success();
         assert!(!b.is_open());
         assert!(b.allow() && b.allow(), "closed again");
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a plain test thread, no runtime to block
+    fn a_probe_that_never_reports_does_not_keep_the_breaker_open() {
+        let b = Breaker::new();
+        for _ in 0..TRIP_AFTER {
+            b.failure();
+        }
+        std::thread::sleep(MIN_OPEN + Duration::from_millis(20));
+        assert!(b.allow(), "the probe");
+        // Its caller went away: no success, no failure.
+        assert!(!b.allow());
+        std::thread::sleep(PROBE_TIMEOUT + Duration::from_millis(20));
+        assert!(b.allow(), "another probe once the first is overdue");
+        b.success();
+        assert!(!b.is_open());
     }
 }

@@ -119,7 +119,12 @@ async fn unknown_ids_are_remembered_until_created() {
 
 #[tokio::test]
 async fn a_deleted_product_reads_as_absent() {
-    let c = cache();
+    // Unknown ids are remembered only briefly: the delete must outlast that.
+    let c = Cache::new(Settings {
+        negative_ttl: Duration::from_millis(20),
+        xfetch_beta: 0.0,
+        ..Settings::default()
+    });
     let row = Row::new(3, 0);
     c.get_or_load(Key::Product(8), row.loader()).await.unwrap();
     row.set(0);
@@ -130,13 +135,91 @@ async fn a_deleted_product_reads_as_absent() {
     .await;
     let (v, _) = c.get_or_load(Key::Product(8), row.loader()).await.unwrap();
     assert_eq!(v, Value::Absent);
-    // A straggler that read the row before the delete cannot bring it back.
+    // Later (past the negative TTL), a straggler that read the row before the delete cannot bring it
+    // back: the delete is still known, and answers without a load.
+    tokio::time::sleep(Duration::from_millis(60)).await;
     let straggler = Row::new(3, 0);
-    c.get_or_load(Key::Product(8), straggler.loader())
+    let (v, s) = c
+        .get_or_load(Key::Product(8), straggler.loader())
         .await
         .unwrap();
+    assert_eq!((v, s), (Value::Absent, Source::Hit));
+    assert_eq!(straggler.loads(), 0);
     let (v, _) = c.get_or_load(Key::Product(8), row.loader()).await.unwrap();
     assert_eq!(v, Value::Absent);
+}
+
+#[tokio::test]
+async fn an_absent_load_never_hides_a_row_that_exists() {
+    let c = cache();
+    let row = Row::new(2, 0);
+    c.get_or_load(Key::Product(4), row.loader()).await.unwrap();
+    c.invalidate(Change {
+        products: vec![(4, Some(3))],
+        ..Change::default()
+    })
+    .await;
+    // A load that read before the row was created says "absent": answered, not cached.
+    let early = Row::new(0, 0);
+    assert_eq!(
+        c.get_or_load(Key::Product(4), early.loader())
+            .await
+            .unwrap()
+            .0,
+        Value::Absent
+    );
+    row.set(3);
+    assert_eq!(
+        c.get_or_load(Key::Product(4), row.loader())
+            .await
+            .unwrap()
+            .0,
+        present(3)
+    );
+}
+
+#[tokio::test]
+async fn a_heartbeat_reveals_a_lost_last_message() {
+    let (tx, _) = tokio::sync::broadcast::channel(64);
+    let bus: Arc<dyn ChangeFeed> = Arc::new(LocalBus::new(tx));
+    let b = cache();
+    let _g = b.start_bus(vec![bus.clone()]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let row = Row::new(1, 0);
+    b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    let send = |seq, heartbeat| {
+        let bus = bus.clone();
+        async move {
+            let m = Message {
+                origin: 42,
+                seq,
+                change: Change::default(),
+                heartbeat,
+            };
+            bus.publish(&serde_json::to_string(&m).unwrap())
+                .await
+                .unwrap();
+        }
+    };
+    send(1, false).await;
+    send(1, true).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_, s) = b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
+    assert_eq!(s, Source::Hit, "a heartbeat that matches is no loss");
+    // Message 2 never arrives; the heartbeat says the sender is at 2.
+    send(2, true).await;
+    eventually(Duration::from_secs(5), "B flushed", || {
+        let b = b.clone();
+        let row = row.clone();
+        async move {
+            b.get_or_load(Key::Product(1), row.loader())
+                .await
+                .unwrap()
+                .1
+                == Source::Loaded
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -296,6 +379,7 @@ async fn invalidations_reach_other_instances_and_gaps_flush() {
             origin: 99,
             seq,
             change: Change::default(),
+            heartbeat: false,
         };
         bus.publish(&serde_json::to_string(&m).unwrap())
             .await
@@ -326,6 +410,7 @@ fn messages_are_compact_json() {
             tags: vec!["all".into()],
             all_lists: false,
         },
+        heartbeat: false,
     };
     let s = serde_json::to_string(&m).unwrap();
     assert_eq!(s, r#"{"o":1,"s":2,"p":[[5,3],[6,null]],"t":["all"]}"#);

@@ -132,9 +132,16 @@ async fn an_older_value_never_replaces_a_newer_one_in_redis() {
     })
     .await;
     let e = new_instance().await;
-    e.get_or_load(Key::Product(3), straggler.loader())
-        .await
-        .unwrap();
+    let before = straggler.loads();
+    assert_eq!(
+        e.get_or_load(Key::Product(3), straggler.loader())
+            .await
+            .unwrap()
+            .0,
+        Value::Absent,
+        "Redis says deleted"
+    );
+    assert_eq!(straggler.loads(), before, "answered from Redis, no load");
     row.set(0);
     let f = new_instance().await;
     assert_eq!(

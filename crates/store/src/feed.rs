@@ -18,6 +18,8 @@ pub enum FeedEvent {
     Payload(String),
     /// Messages may have been lost (a (re)subscription, a pruned feed): the receiver must resynchronize.
     Lost(&'static str),
+    /// The subscription is down (until the next `Lost`): messages sent meanwhile do not arrive here.
+    Down,
 }
 
 /// Why a feed operation failed.
@@ -110,6 +112,9 @@ impl ChangeFeed for PgFeed {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "the PostgreSQL change listener failed; reconnecting");
+                        if tx.send(FeedEvent::Down).await.is_err() {
+                            return;
+                        }
                         tokio::time::sleep(backoff).await;
                         break;
                     }

@@ -539,3 +539,51 @@ async fn redis_killed_mid_load_fails_no_request_and_is_used_again() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_compressed_representation_has_a_weak_entity_tag() {
+    let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
+    let app = spawn_app(&db).await;
+    create_category(&app, "books").await;
+    let mut body = crate::helpers::product_body("TF-LONG", "books");
+    body["description"] = json!("A long description that compresses well. ".repeat(30));
+    let r = client()
+        .post(app.url("/api/products"))
+        .header("authorization", auth())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let url = app.url(&format!("/api/products/{id}"));
+    let plain = Client::builder()
+        .no_proxy()
+        .no_gzip()
+        .no_brotli()
+        .no_zstd()
+        .build()
+        .unwrap();
+    let r = plain.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["etag"], "\"v1\"");
+    let r = plain
+        .get(&url)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    assert_eq!(r.headers()["etag"], "W/\"v1\"");
+    // Either tag validates either representation.
+    for tag in ["\"v1\"", "W/\"v1\""] {
+        let r = plain
+            .get(&url)
+            .header("accept-encoding", "gzip")
+            .header("if-none-match", tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{tag}");
+    }
+    app.stop().await;
+}
