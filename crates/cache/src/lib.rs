@@ -495,6 +495,10 @@ impl Inner {
         if beta <= 0.0 || e.refreshing.load(Ordering::Relaxed) {
             return false;
         }
+        // -ln(u) exceeds 40 with probability e^-40: far from expiry there is nothing to draw.
+        if e.fresh_until.saturating_duration_since(now) > e.load_time.mul_f64(beta * 40.0) {
+            return false;
+        }
         let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
         let ahead = e.load_time.mul_f64(beta * -u.ln());
         now + ahead >= e.fresh_until
