@@ -7,6 +7,8 @@
 #   bash scripts/pg-cluster.sh status [--dir DIR]
 #   bash scripts/pg-cluster.sh env [--dir DIR]          # the URLs, as shell assignments
 #   bash scripts/pg-cluster.sh stop [--dir DIR]         # stops every server of this cluster (data kept)
+#   bash scripts/pg-cluster.sh kill NAME [--dir DIR]    # stops one server at once (pg_ctl -m immediate),
+#                                                      # e.g. replica2; `start` starts it again
 #   bash scripts/pg-cluster.sh destroy [--dir DIR]      # stops and deletes the cluster
 #
 # Defaults: --dir ${TMPDIR:-/tmp}/tenfold-pg-cluster, --port 55432 (primary; replicas on the next ports,
@@ -18,6 +20,11 @@ set -euo pipefail
 
 cmd="${1:-}"
 shift || true
+target=""
+if [[ "$cmd" == kill ]]; then
+    target="${1:-}"
+    shift || true
+fi
 DIR="${TMPDIR:-/tmp}/tenfold-pg-cluster"
 PORT=55432
 REPLICAS=2
@@ -184,6 +191,10 @@ case "$cmd" in
     env)
         [[ -f "$DIR/cluster.env" ]] || die "no cluster in $DIR (run start first)"
         cat "$DIR/cluster.env"
+        ;;
+    kill)
+        [[ -f "$DIR/$target/PG_VERSION" ]] || die "no server \"$target\" in $DIR"
+        as_pg "$BIN/pg_ctl" -D "$DIR/$target" -m immediate -w -t 60 stop >/dev/null
         ;;
     stop | destroy)
         # Replicas first, so the primary does not wait on their connections.

@@ -15,10 +15,15 @@ use tenfold_store::Store;
 pub(crate) struct Caching {
     pub(crate) cache: Cache,
     pub(crate) public: HeaderValue,
-    _bus: Option<tenfold_cache::BusGuard>,
+    bus: Option<tenfold_cache::BusGuard>,
 }
 
 impl Caching {
+    /// True when invalidation feeds run (a cache and a runtime to run them on).
+    pub(crate) fn has_bus(&self) -> bool {
+        self.bus.is_some()
+    }
+
     /// L1 per `cfg`, kept consistent with the other instances through the store's change feed. Starts the
     /// feed's tasks on the current runtime (outside one, the cache stays local).
     pub(crate) fn new(store: &Store, cfg: &CacheConfig) -> Caching {
@@ -31,7 +36,7 @@ impl Caching {
             return Caching {
                 cache: Cache::disabled(),
                 public,
-                _bus: None,
+                bus: None,
             };
         }
         let settings = Settings {
@@ -66,11 +71,7 @@ impl Caching {
         let bus = tokio::runtime::Handle::try_current()
             .ok()
             .map(|_| cache.start_bus(feeds));
-        Caching {
-            cache,
-            public,
-            _bus: bus,
-        }
+        Caching { cache, public, bus }
     }
 }
 

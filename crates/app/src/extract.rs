@@ -159,3 +159,26 @@ impl FromRequestParts<App> for Writer {
         }
     }
 }
+
+/// Header a write answers with and a read may send back: the database state the read must see.
+pub(crate) const CONSISTENCY_TOKEN: &str = "consistency-token";
+
+/// A read's `Consistency-Token` (from an earlier write's response): the read is served by a replica that
+/// has replayed that state, or by the primary, and never from a cache. 400 when malformed.
+pub(crate) struct ReadAfter(pub(crate) Option<tenfold_store::ConsistencyToken>);
+
+impl FromRequestParts<App> for ReadAfter {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &App) -> Result<Self, Self::Rejection> {
+        let Some(v) = parts.headers.get(CONSISTENCY_TOKEN) else {
+            return Ok(ReadAfter(None));
+        };
+        let text = v.to_str().map_err(|_| {
+            ApiError::BadRequest("Consistency-Token must be ASCII, such as 0/3000060".into())
+        })?;
+        text.parse()
+            .map(|t| ReadAfter(Some(t)))
+            .map_err(|e: String| ApiError::BadRequest(format!("Consistency-Token: {e}")))
+    }
+}

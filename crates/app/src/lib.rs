@@ -244,6 +244,13 @@ impl App {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        // Subscribed to the invalidation feeds before the first request, so no cached read can predate
+        // a write this instance did not hear of.
+        if self.inner.caching.has_bus()
+            && !self.cache().wait_subscribed(Duration::from_secs(5)).await
+        {
+            tracing::warn!("the cache's invalidation feeds are not subscribed yet; serving anyway");
+        }
         serve::serve(self.router(), listener, shutdown, &self.inner.http).await
     }
 }

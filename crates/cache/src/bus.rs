@@ -190,6 +190,7 @@ pub(crate) fn start(inner: Arc<Inner>, feeds: Vec<Arc<dyn ChangeFeed>>) -> BusGu
                     }
                     last.clear();
                     inner.flush(reason).await;
+                    inner.subscribed.send_replace(true);
                 }
                 FeedEvent::Payload(p) => {
                     let msg: Message = match serde_json::from_str(&p) {

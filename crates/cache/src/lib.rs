@@ -221,6 +221,8 @@ struct Inner {
     /// Where this instance's invalidations go for the others (set by `start_bus`).
     outbox: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Change>>>,
     origin: u64,
+    /// True once a feed subscription is in place (reads before that may miss invalidations).
+    subscribed: tokio::sync::watch::Sender<bool>,
     /// The shared L2 (products only), when Redis is configured.
     l2: Option<Arc<redis::Redis>>,
     /// L2 invalidations that failed (Redis unreachable), retried until Redis takes them; meanwhile this
@@ -289,6 +291,7 @@ impl Cache {
                 stats: Stats::new(),
                 outbox: Mutex::new(None),
                 origin: rand::random::<u64>(),
+                subscribed: tokio::sync::watch::channel(false).0,
                 l2,
                 pending_l2: Mutex::new(HashMap::new()),
             })),
@@ -432,6 +435,19 @@ impl Cache {
         if let Some(inner) = &self.inner {
             inner.flush(reason).await;
         }
+    }
+
+    /// Waits (at most `timeout`) until the invalidation feeds are subscribed, so that what this instance
+    /// caches from then on cannot miss a write; true if they are. A server calls it before it accepts
+    /// requests. Immediately true for a disabled cache; false after `timeout` if no feed subscribed.
+    pub async fn wait_subscribed(&self, timeout: Duration) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let mut rx = inner.subscribed.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Entries in L1 now (approximate; for tests and diagnostics).

@@ -291,6 +291,12 @@ pub struct DatabaseConfig {
     pub auto_migrate: bool,
     /// How long a request waits for a pooled connection, in milliseconds.
     pub acquire_timeout_ms: u64,
+    /// Streaming replicas of the PostgreSQL primary; reads go to them (`--replica-url`, repeatable, or a
+    /// comma-separated `TENFOLD_REPLICA_URLS`).
+    #[serde(serialize_with = "mask_urls", deserialize_with = "urls_or_csv")]
+    pub replica_urls: Vec<SecretString>,
+    /// A replica further behind the primary than this gets no reads, in milliseconds.
+    pub max_replica_lag_ms: u64,
 }
 
 /// Log output.
@@ -335,6 +341,8 @@ impl Default for DatabaseConfig {
             max_connections: 0,
             auto_migrate: true,
             acquire_timeout_ms: 3_000,
+            replica_urls: Vec::new(),
+            max_replica_lag_ms: 1_000,
         }
     }
 }
@@ -371,6 +379,8 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     /// `--no-cache` (Some(false)).
     pub cache_enabled: Option<bool>,
+    /// `--replica-url` (replaces the configured list when given).
+    pub replica_urls: Option<Vec<String>>,
 }
 
 /// Short environment names for the settings people set most; any key can also be set as
@@ -383,6 +393,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("log_level", "log.level"),
     ("admin_token", "lb.admin_token"),
     ("redis_url", "cache.redis_url"),
+    ("replica_urls", "database.replica_urls"),
 ];
 
 impl Config {
@@ -460,6 +471,9 @@ impl Config {
         if let Some(v) = o.cache_enabled {
             fig = fig.merge(Serialized::default("cache.enabled", v));
         }
+        if let Some(v) = &o.replica_urls {
+            fig = fig.merge(Serialized::default("database.replica_urls", v));
+        }
         Ok(fig)
     }
 
@@ -505,6 +519,32 @@ impl Config {
         }
         if let Err(m) = DatabaseKind::of(self.database.url.expose_secret()) {
             return invalid("database.url", &m);
+        }
+        if !self.database.replica_urls.is_empty() {
+            let primary = DatabaseKind::of(self.database.url.expose_secret());
+            if !matches!(primary, Ok(DatabaseKind::Postgres)) {
+                return invalid(
+                    "database.replica_urls",
+                    "replicas need a PostgreSQL primary (database.url = postgres://...)",
+                );
+            }
+            for u in &self.database.replica_urls {
+                if !matches!(
+                    DatabaseKind::of(u.expose_secret()),
+                    Ok(DatabaseKind::Postgres)
+                ) {
+                    return invalid(
+                        "database.replica_urls",
+                        "each replica must be a postgres:// URL",
+                    );
+                }
+            }
+        }
+        if !(1..=3_600_000).contains(&self.database.max_replica_lag_ms) {
+            return invalid(
+                "database.max_replica_lag_ms",
+                "must be between 1 ms and one hour",
+            );
         }
         let c = &self.cache;
         if !(1..=65_536).contains(&c.capacity_mib) {
@@ -640,6 +680,37 @@ fn mask_opt_url<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<
     }
 }
 
+fn mask_urls<S: serde::Serializer>(v: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(v.len()))?;
+    for u in v {
+        seq.serialize_element(&mask_password(u.expose_secret()))?;
+    }
+    seq.end()
+}
+
+/// A list of URLs, or one string of comma-separated URLs (as an environment variable gives it).
+fn urls_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Urls {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Urls::deserialize(d)? {
+        Urls::List(v) => v,
+        Urls::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }
+    .into_iter()
+    .map(SecretString::from)
+    .collect())
+}
+
 fn mask_url<S: serde::Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&mask_password(v.expose_secret()))
 }
@@ -739,6 +810,36 @@ mod tests {
                 c.http.api_key.as_ref().map(|k| k.expose_secret().len()),
                 Some(21)
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn replica_urls_come_as_a_list_or_comma_separated_and_need_postgres() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TENFOLD_DATABASE_URL", "postgres://u@127.0.0.1:5432/db");
+            jail.set_env(
+                "TENFOLD_REPLICA_URLS",
+                "postgres://u:secret@127.0.0.1:5433/db, postgres://u@127.0.0.1:5434/db",
+            );
+            let c = load_in(jail, &Overrides::default()).expect("valid");
+            let urls: Vec<&str> = c
+                .database
+                .replica_urls
+                .iter()
+                .map(|u| u.expose_secret())
+                .collect();
+            assert_eq!(
+                urls,
+                [
+                    "postgres://u:secret@127.0.0.1:5433/db",
+                    "postgres://u@127.0.0.1:5434/db"
+                ]
+            );
+            assert!(!c.to_masked_toml().contains("secret"));
+            jail.set_env("TENFOLD_DATABASE_URL", "sqlite://x.db");
+            let e = load_in(jail, &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("database.replica_urls"), "{e}");
             Ok(())
         });
     }

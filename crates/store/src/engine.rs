@@ -41,6 +41,10 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// How long a query waits for a pooled connection.
     pub acquire_timeout: Duration,
+    /// PostgreSQL streaming replicas that serve reads.
+    pub replica_urls: Vec<String>,
+    /// A replica further behind than this serves no reads.
+    pub max_replica_lag: Duration,
 }
 
 impl ConnectOptions {
@@ -50,6 +54,8 @@ impl ConnectOptions {
             url: url.into(),
             max_connections: 0,
             acquire_timeout: Duration::from_secs(3),
+            replica_urls: Vec::new(),
+            max_replica_lag: Duration::from_secs(1),
         }
     }
 }
@@ -135,6 +141,8 @@ async fn connect_sqlite(opts: &ConnectOptions) -> Result<SqlStore<Sqlite>, Store
         sql: Sql::new(false),
         migrator: &SQLITE_MIGRATIONS,
         engine: Engine::Sqlite,
+        replicas: None,
+        monitor: None,
     })
 }
 
@@ -156,6 +164,27 @@ async fn connect_postgres(opts: &ConnectOptions) -> Result<SqlStore<Postgres>, S
         .connect_with(conn)
         .await
         .map_err(|e| StoreError::setup("connecting to PostgreSQL", e))?;
+    let (replicas, monitor) = if opts.replica_urls.is_empty() {
+        (None, None)
+    } else {
+        let mut pools = Vec::new();
+        for url in &opts.replica_urls {
+            let o = PgConnectOptions::from_str(url)
+                .map_err(|e| StoreError::setup("parsing a replica URL", e))?
+                .application_name("tenfold");
+            let name = format!("{}:{}", o.get_host(), o.get_port());
+            // Lazy: a replica that is down at start-up gets no reads until the monitor sees it answer.
+            let pool = PgPoolOptions::new()
+                .test_before_acquire(false)
+                .max_connections(n)
+                .acquire_timeout(opts.acquire_timeout.min(Duration::from_secs(1)))
+                .connect_lazy_with(o);
+            pools.push((name, pool));
+        }
+        let r = Arc::new(crate::replicas::Replicas::new(pools, opts.max_replica_lag));
+        let task = tokio::spawn(r.clone().monitor(pool.clone(), Duration::from_millis(100)));
+        (Some(r), Some(task.abort_handle()))
+    };
     Ok(SqlStore {
         readers: pool.clone(),
         writer: pool,
@@ -163,6 +192,8 @@ async fn connect_postgres(opts: &ConnectOptions) -> Result<SqlStore<Postgres>, S
         sql: Sql::new(true),
         migrator: &POSTGRES_MIGRATIONS,
         engine: Engine::Postgres,
+        replicas,
+        monitor,
     })
 }
 
@@ -172,6 +203,10 @@ const SQLITE_FEED_POLL: Duration = Duration::from_millis(10);
 const SQLITE_FEED_KEEP: Duration = Duration::from_secs(600);
 
 impl SqlStore<Sqlite> {
+    async fn token(&self) -> Result<Option<crate::ConsistencyToken>, StoreError> {
+        Ok(None)
+    }
+
     fn feed(&self) -> Arc<dyn crate::ChangeFeed> {
         Arc::new(crate::feed::SqliteFeed {
             writer: self.writer.clone(),
@@ -183,6 +218,15 @@ impl SqlStore<Sqlite> {
 }
 
 impl SqlStore<Postgres> {
+    /// The primary's WAL insert position now: at or after the end of every commit this instance has
+    /// made (the write position can trail it when commits are asynchronous).
+    async fn token(&self) -> Result<Option<crate::ConsistencyToken>, StoreError> {
+        let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_insert_lsn()::text")
+            .fetch_one(&self.writer)
+            .await?;
+        Ok(lsn.parse().ok())
+    }
+
     fn feed(&self) -> Arc<dyn crate::ChangeFeed> {
         Arc::new(crate::feed::PgFeed {
             pool: self.writer.clone(),
@@ -199,6 +243,32 @@ pub(crate) struct SqlStore<DB: Database> {
     sql: Sql,
     migrator: &'static Migrator,
     engine: Engine,
+    /// PostgreSQL only: replicas that serve reads (see `replicas.rs`).
+    replicas: Option<Arc<crate::replicas::Replicas<DB>>>,
+    /// The replica monitor, stopped with the store.
+    monitor: Option<tokio::task::AbortHandle>,
+}
+
+impl<DB: Database> Drop for SqlStore<DB> {
+    fn drop(&mut self) {
+        if let Some(m) = &self.monitor {
+            m.abort();
+        }
+    }
+}
+
+impl<DB: Database> SqlStore<DB> {
+    /// Runs a read on a replica when there is one that fits, else (or when it fails) on `readers`.
+    async fn read<'a, T, F, Fut>(&'a self, f: F) -> Result<T, sqlx::Error>
+    where
+        F: Fn(&'a Pool<DB>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>> + 'a,
+    {
+        match &self.replicas {
+            Some(r) => r.read(&self.readers, f).await,
+            None => f(&self.readers).await,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -315,6 +385,12 @@ macro_rules! impl_catalog_store {
                 self.feed()
             }
 
+            async fn consistency_token(
+                &self,
+            ) -> Result<Option<crate::ConsistencyToken>, StoreError> {
+                self.token().await
+            }
+
             async fn migrate(&self) -> Result<(), StoreError> {
                 self.migrator
                     .run(&self.writer)
@@ -354,9 +430,12 @@ macro_rules! impl_catalog_store {
                 {
                     return Ok(r?);
                 }
-                let row = sqlx::query_as::<_, ProductRow>(&self.sql.get)
-                    .bind(id.get())
-                    .fetch_optional(&self.readers)
+                let row = self
+                    .read(|pool| {
+                        sqlx::query_as::<_, ProductRow>(&self.sql.get)
+                            .bind(id.get())
+                            .fetch_optional(pool)
+                    })
                     .await?;
                 Ok(row.map(Product::from))
             }
@@ -378,14 +457,19 @@ macro_rules! impl_catalog_store {
                 if let Some(rows) = fast {
                     return Ok(page(rows?, limit));
                 }
-                let mut query = sqlx::query_as::<_, ProductRow>(sql).bind(after_id);
-                if let Some(c) = &q.category {
-                    query = query.bind(c.as_str());
-                }
-                if let Some(s) = &q.search {
-                    query = query.bind(like_contains(s));
-                }
-                let rows = query.bind(fetch).fetch_all(&self.readers).await?;
+                let pattern = q.search.as_deref().map(like_contains);
+                let rows = self
+                    .read(|pool| {
+                        let mut query = sqlx::query_as::<_, ProductRow>(sql).bind(after_id);
+                        if let Some(c) = &q.category {
+                            query = query.bind(c.as_str());
+                        }
+                        if let Some(p) = &pattern {
+                            query = query.bind(p.clone());
+                        }
+                        query.bind(fetch).fetch_all(pool)
+                    })
+                    .await?;
                 Ok(page(rows.into_iter().map(Product::from).collect(), limit))
             }
 
@@ -494,8 +578,10 @@ macro_rules! impl_catalog_store {
             }
 
             async fn list_categories(&self) -> Result<Vec<Category>, StoreError> {
-                let rows = sqlx::query_as::<_, CategoryRow>(&self.sql.categories)
-                    .fetch_all(&self.readers)
+                let rows = self
+                    .read(|pool| {
+                        sqlx::query_as::<_, CategoryRow>(&self.sql.categories).fetch_all(pool)
+                    })
                     .await?;
                 Ok(rows.into_iter().map(Category::from).collect())
             }
@@ -558,8 +644,10 @@ macro_rules! impl_catalog_store {
             }
 
             async fn count_products(&self) -> Result<i64, StoreError> {
-                Ok(sqlx::query_scalar::<_, i64>(&self.sql.count_products)
-                    .fetch_one(&self.readers)
+                Ok(self
+                    .read(|pool| {
+                        sqlx::query_scalar::<_, i64>(&self.sql.count_products).fetch_one(pool)
+                    })
                     .await?)
             }
 

@@ -15,6 +15,7 @@ mod engine;
 mod error;
 mod fast;
 mod feed;
+mod replicas;
 mod sql;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub use cursor::Cursor;
 pub use engine::{connect, ConnectOptions, Engine};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedError, FeedEvent};
+pub use replicas::{read_at_least, ConsistencyToken};
 
 /// A shared handle to the catalog store; cheap to clone.
 pub type Store = Arc<dyn CatalogStore>;
@@ -141,6 +143,11 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Number of products.
     async fn count_products(&self) -> Result<i64, StoreError>;
+
+    /// A token naming the database state after this instance's last commit (PostgreSQL: the primary's
+    /// WAL position); reads inside [`read_at_least`] with it see that state. `None` on SQLite, which has
+    /// no replicas.
+    async fn consistency_token(&self) -> Result<Option<ConsistencyToken>, StoreError>;
 
     /// The engine's change feed (SQLite: a polled table; PostgreSQL: LISTEN/NOTIFY), used to carry cache
     /// invalidations between instances that share this database.

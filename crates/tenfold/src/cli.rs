@@ -37,6 +37,9 @@ pub(crate) struct Global {
     /// Turn caching off (every read goes to the database).
     #[arg(long, global = true)]
     pub(crate) no_cache: bool,
+    /// A streaming replica of the PostgreSQL primary for reads (repeat for several).
+    #[arg(long = "replica-url", global = true, value_name = "URL")]
+    pub(crate) replica_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -182,6 +185,8 @@ impl Cli {
             log_level: self.global.log_level.clone(),
             redis_url: self.global.redis_url.clone(),
             cache_enabled: self.global.no_cache.then_some(false),
+            replica_urls: (!self.global.replica_urls.is_empty())
+                .then(|| self.global.replica_urls.clone()),
         };
         Config::load(self.global.config.as_deref(), &overrides)
     }

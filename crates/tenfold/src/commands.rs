@@ -33,6 +33,12 @@ pub(crate) async fn open_store(config: &Config, migrate: bool) -> anyhow::Result
         url: db.url.expose_secret().to_owned(),
         max_connections: db.max_connections,
         acquire_timeout: Duration::from_millis(db.acquire_timeout_ms),
+        replica_urls: db
+            .replica_urls
+            .iter()
+            .map(|u| u.expose_secret().to_owned())
+            .collect(),
+        max_replica_lag: Duration::from_millis(db.max_replica_lag_ms),
     };
     let shown = tenfold_config::mask_password(&opts.url);
     let store = tenfold_store::connect(&opts)

@@ -89,7 +89,20 @@ pub(crate) async fn run(
             format!("{:?}", config.log.format).to_lowercase(),
         ),
     ];
-    // Cache settings given as flags to `up` reach the instances too.
+    // Replicas and cache settings given as flags to `up` reach the instances too.
+    if !config.database.replica_urls.is_empty() {
+        let urls: Vec<&str> = config
+            .database
+            .replica_urls
+            .iter()
+            .map(|u| u.expose_secret())
+            .collect();
+        env.push(("TENFOLD_DATABASE__REPLICA_URLS".to_owned(), urls.join(",")));
+        env.push((
+            "TENFOLD_DATABASE__MAX_REPLICA_LAG_MS".to_owned(),
+            config.database.max_replica_lag_ms.to_string(),
+        ));
+    }
     env.push((
         "TENFOLD_CACHE__ENABLED".to_owned(),
         config.cache.enabled.to_string(),

@@ -105,6 +105,11 @@ impl CatalogStore for CountingStore {
     async fn count_products(&self) -> Result<i64, StoreError> {
         self.inner.count_products().await
     }
+    async fn consistency_token(
+        &self,
+    ) -> Result<Option<tenfold_store::ConsistencyToken>, StoreError> {
+        self.inner.consistency_token().await
+    }
     fn change_feed(&self) -> Arc<dyn ChangeFeed> {
         self.inner.change_feed()
     }

@@ -7,6 +7,7 @@
 //! Invariant: nothing a test creates outlives it; tests never share a database.
 
 mod counting;
+mod pg_cluster;
 mod redis_server;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use tenfold_store::{connect, ConnectOptions, Store};
 
 pub use counting::CountingStore;
+pub use pg_cluster::PgCluster;
 pub use redis_server::RedisServer;
 pub use tenfold_config::{CacheConfig, HttpConfig};
 

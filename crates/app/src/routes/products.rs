@@ -13,7 +13,7 @@ use tenfold_store::{Cursor, ListQuery, MAX_PAGE};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiQuery, ProductIdPath, Writer};
+use crate::extract::{ApiJson, ApiQuery, ProductIdPath, ReadAfter, Writer, CONSISTENCY_TOKEN};
 use crate::{cached, App};
 use tenfold_cache::{Key, Value};
 use tenfold_store::StoreError;
@@ -24,6 +24,21 @@ const DEFAULT_PAGE: u32 = 20;
 /// The strong ETag of a product version.
 pub(crate) fn etag(version: i64) -> HeaderValue {
     HeaderValue::from_str(&format!("\"v{version}\"")).unwrap_or(HeaderValue::from_static("\"v0\""))
+}
+
+/// Adds the `Consistency-Token` of the state after this write (PostgreSQL), for reads that must see it.
+async fn with_token(app: &App, mut resp: Response) -> Response {
+    match app.store().consistency_token().await {
+        Ok(Some(t)) => {
+            if let Ok(v) = HeaderValue::from_str(&t.to_string()) {
+                resp.headers_mut().insert(CONSISTENCY_TOKEN, v);
+            }
+        }
+        Ok(None) => {}
+        // The write is done; only the token is missing, and reads without it still work.
+        Err(e) => tracing::warn!(error = %e, "no consistency token for a write's response"),
+    }
+    resp
 }
 
 fn with_etag(status: StatusCode, product: Product) -> Response {
@@ -127,7 +142,11 @@ fn not_found(id: tenfold_catalog::ProductId) -> ApiError {
     get,
     path = "/api/products/{id}",
     tag = "products",
-    params(("id" = i64, Path, description = "Product id", minimum = 1)),
+    params(
+        ("id" = i64, Path, description = "Product id", minimum = 1),
+        ("Consistency-Token" = Option<String>, Header, nullable = false, pattern = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$",
+            description = "From a write's response: the read sees that write (served by an up-to-date replica or the primary, not from a cache)"),
+    ),
     responses(
         (status = 200, description = "The product; ETag carries its version", body = Product,
             headers(("ETag" = String, description = "Strong entity tag of this version"))),
@@ -138,24 +157,31 @@ fn not_found(id: tenfold_catalog::ProductId) -> ApiError {
 pub(crate) async fn get_product(
     State(app): State<App>,
     ProductIdPath(id): ProductIdPath,
+    ReadAfter(after): ReadAfter,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let store = app.store().clone();
-    let (value, _) = app
-        .cache()
-        .get_or_load(Key::Product(id.get()), move || {
-            let store = store.clone();
-            async move {
-                Ok::<_, StoreError>(match store.get_product(id).await? {
-                    Some(p) => Value::Present {
-                        version: p.version,
-                        body: cached::to_body(&p),
-                    },
-                    None => Value::Absent,
-                })
-            }
-        })
-        .await?;
+    let load = move || {
+        let store = store.clone();
+        async move {
+            Ok::<_, StoreError>(match store.get_product(id).await? {
+                Some(p) => Value::Present {
+                    version: p.version,
+                    body: cached::to_body(&p),
+                },
+                None => Value::Absent,
+            })
+        }
+    };
+    let value = match after {
+        Some(t) => tenfold_store::read_at_least(t, load()).await?,
+        None => {
+            app.cache()
+                .get_or_load(Key::Product(id.get()), load)
+                .await?
+                .0
+        }
+    };
     let (version, body) = cached::present(value).ok_or_else(|| not_found(id))?;
     Ok(cached::answer(
         &headers,
@@ -209,7 +235,11 @@ pub struct ProductPage {
     get,
     path = "/api/products",
     tag = "products",
-    params(ListParams),
+    params(
+        ListParams,
+        ("Consistency-Token" = Option<String>, Header, nullable = false, pattern = "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$",
+            description = "From a write's response: the page reflects that write"),
+    ),
     responses(
         (status = 200, description = "A page of products", body = ProductPage),
         (status = 400, description = "Malformed query string", body = Problem, content_type = "application/problem+json"),
@@ -219,6 +249,7 @@ pub struct ProductPage {
 pub(crate) async fn list_products(
     State(app): State<App>,
     ApiQuery(p): ApiQuery<ListParams>,
+    ReadAfter(read_after): ReadAfter,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let mut errs = tenfold_catalog::ValidationErrors::default();
@@ -275,20 +306,21 @@ pub(crate) async fn list_products(
         &canonical,
     );
     let store = app.store().clone();
-    let (value, _) = app
-        .cache()
-        .get_or_load(key, move || {
-            let store = store.clone();
-            let query = query.clone();
-            async move {
-                let page = store.list_products(&query).await?;
-                Ok::<_, StoreError>(Value::Present {
-                    version: 0,
-                    body: cached::to_body(&product_page(page, &query)),
-                })
-            }
-        })
-        .await?;
+    let load = move || {
+        let store = store.clone();
+        let query = query.clone();
+        async move {
+            let page = store.list_products(&query).await?;
+            Ok::<_, StoreError>(Value::Present {
+                version: 0,
+                body: cached::to_body(&product_page(page, &query)),
+            })
+        }
+    };
+    let value = match read_after {
+        Some(t) => tenfold_store::read_at_least(t, load()).await?,
+        None => app.cache().get_or_load(key, load).await?.0,
+    };
     Ok(cached::answer_page(
         &headers,
         value,
@@ -357,7 +389,7 @@ pub(crate) async fn create_product(
     if let Some(l) = location {
         resp.headers_mut().insert(header::LOCATION, l);
     }
-    Ok(resp)
+    Ok(with_token(&app, resp).await)
 }
 
 /// Change some fields of a product, optionally only if it is still at a version (If-Match).
@@ -401,7 +433,7 @@ pub(crate) async fn patch_product(
                 cached::product_written(p.id, p.version, &p.category, false)
             };
             app.cache().invalidate(change).await;
-            Ok(with_etag(StatusCode::OK, p))
+            Ok(with_token(&app, with_etag(StatusCode::OK, p)).await)
         }
         Err(tenfold_store::StoreError::NotFound) => Err(not_found(id)),
         Err(e) => Err(e.into()),
@@ -432,14 +464,14 @@ pub(crate) async fn delete_product(
     _w: Writer,
     ProductIdPath(id): ProductIdPath,
     headers: HeaderMap,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<Response> {
     let expected = expected_version(&app, id, &headers).await?;
     match app.store().delete_product(id, expected).await {
         Ok(()) => {
             app.cache()
                 .invalidate(cached::product_moved(id.get(), None))
                 .await;
-            Ok(StatusCode::NO_CONTENT)
+            Ok(with_token(&app, StatusCode::NO_CONTENT.into_response()).await)
         }
         Err(tenfold_store::StoreError::NotFound) => Err(not_found(id)),
         Err(e) => Err(e.into()),
@@ -509,7 +541,7 @@ pub(crate) async fn create_category(
     State(app): State<App>,
     _w: Writer,
     ApiJson(input): ApiJson<NewCategoryInput>,
-) -> ApiResult<(StatusCode, Json<Category>)> {
+) -> ApiResult<Response> {
     let new = NewCategory::parse(&input).map_err(ApiError::Validation)?;
     let created = app.store().create_category(&new).await?;
     app.cache()
@@ -518,5 +550,5 @@ pub(crate) async fn create_category(
             ..Default::default()
         })
         .await;
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok(with_token(&app, (StatusCode::CREATED, Json(created)).into_response()).await)
 }

@@ -8,4 +8,5 @@ mod errors;
 mod fuzz;
 mod helpers;
 mod protocol;
+mod replicas;
 mod routes;
