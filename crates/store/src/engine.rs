@@ -266,7 +266,10 @@ impl<DB: Database> SqlStore<DB> {
     {
         match &self.replicas {
             Some(r) => r.read(&self.readers, f).await,
-            None => f(&self.readers).await,
+            None => {
+                metrics::counter!("db_reads_total", "server" => "primary").increment(1);
+                f(&self.readers).await
+            }
         }
     }
 }
