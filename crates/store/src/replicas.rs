@@ -149,6 +149,7 @@ impl Replicas<Postgres> {
     pub(crate) async fn monitor(self: Arc<Self>, primary: Pool<Postgres>, every: Duration) {
         // (when, primary WAL position) samples, oldest first, for the last minute.
         let history: Mutex<VecDeque<(Instant, u64)>> = Mutex::new(VecDeque::new());
+        let mut trimmed = false;
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let timeout = every.max(Duration::from_millis(500));
@@ -174,6 +175,9 @@ impl Replicas<Postgres> {
                     && h.len() > 1
                 {
                     h.pop_front();
+                    // Samples older than a minute are gone: a replica behind the oldest one left is at
+                    // least a minute late, which the bound handles.
+                    trimmed = true;
                 }
             }
             for r in &self.list {
@@ -196,17 +200,24 @@ impl Replicas<Postgres> {
                     continue;
                 };
                 r.replayed.store(replayed.0, Ordering::Relaxed);
-                // Behind since the first sample in which the primary was past what the replica replayed.
-                let lag = history
+                // Behind since the first sample in which the primary was past what the replica replayed. Behind
+                // the very first sample the monitor took, it is behind by an unknown time (the primary may
+                // have been there for hours): no reads until it catches up with that sample.
+                let lag_ms = history
                     .lock()
                     .ok()
                     .and_then(|h| {
-                        h.iter()
-                            .find(|&&(_, p)| p > replayed.0)
-                            .map(|&(t, _)| now.duration_since(t))
+                        let (i, &(t, _)) =
+                            h.iter().enumerate().find(|&(_, &(_, p))| p > replayed.0)?;
+                        Some(if i == 0 && !trimmed {
+                            u64::MAX
+                        } else {
+                            now.duration_since(t).as_millis() as u64
+                        })
                     })
-                    .unwrap_or(Duration::ZERO);
-                r.lag_ms.store(lag.as_millis() as u64, Ordering::Relaxed);
+                    .unwrap_or(0);
+                let lag = Duration::from_millis(lag_ms.min(u64::from(u32::MAX)));
+                r.lag_ms.store(lag_ms, Ordering::Relaxed);
                 metrics::gauge!("db_replica_lag_seconds", "server" => r.name.clone())
                     .set(lag.as_secs_f64());
                 if !r.up.swap(true, Ordering::Relaxed) {

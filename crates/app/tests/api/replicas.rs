@@ -23,13 +23,17 @@ async fn open(cluster: &PgCluster, replicas: &[String], max_lag: Duration) -> St
     connect(&o).await.unwrap()
 }
 
-/// Migrates and seeds the primary, and waits until every replica has the data.
+/// Migrates and seeds the primary.
 async fn prepare(cluster: &PgCluster, products: u64) {
     let primary = open(cluster, &[], Duration::from_secs(1)).await;
     primary.migrate().await.unwrap();
     tenfold_seed::seed(&primary, products, 1, false)
         .await
         .unwrap();
+}
+
+/// Waits until every replica has the seeded data.
+async fn caught_up(cluster: &PgCluster, products: u64) {
     for r in &cluster.replicas {
         let replica = connect(&ConnectOptions::new(r)).await.unwrap();
         let start = Instant::now();
@@ -90,7 +94,29 @@ async fn read_your_writes_across_instances_through_a_delayed_replica() {
         &CacheConfig::default(),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Started while the replica has not replayed the schema yet: it must not get reads (it is behind the
+    // first position its monitor saw, by an unknown time), so no read even tries it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for id in 1..=20 {
+        stock_via(&b, id, None).await;
+    }
+    let metrics = client()
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let replica = cluster.replicas[0]
+        .trim_start_matches("postgres://postgres@")
+        .trim_end_matches("/tenfold");
+    assert!(
+        !metrics.contains(&format!("db_replica_errors_total{{server=\"{replica}\"}}")),
+        "a replica that had not replayed the schema got reads"
+    );
+    caught_up(&cluster, 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let pairs = if std::env::var("TENFOLD_SOAK").is_ok() {
         1_000
@@ -160,6 +186,7 @@ async fn a_replica_killed_under_read_load_fails_no_read() {
     }
     let cluster = PgCluster::start(2, 0, 0);
     prepare(&cluster, 50).await;
+    caught_up(&cluster, 50).await;
     let app = spawn_app_on(
         open(&cluster, &cluster.replicas, Duration::from_secs(1)).await,
         HttpConfig::default(),
