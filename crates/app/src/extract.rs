@@ -182,3 +182,70 @@ impl FromRequestParts<App> for ReadAfter {
             .map_err(|e: String| ApiError::BadRequest(format!("Consistency-Token: {e}")))
     }
 }
+
+/// A `{id}` path segment naming a customer (a positive integer).
+pub(crate) struct CustomerIdPath(pub(crate) i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for CustomerIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        match raw.parse::<i64>() {
+            Ok(n) if n > 0 => Ok(CustomerIdPath(n)),
+            _ => Err(ApiError::BadRequest(format!(
+                "\"{}\" is not a customer id: ids are positive integers",
+                raw.chars().take(40).collect::<String>()
+            ))),
+        }
+    }
+}
+
+/// A request made by a customer: `Authorization: Bearer <customer token>`, checked without the database.
+pub(crate) struct CustomerAuth {
+    pub(crate) customer_id: i64,
+    pub(crate) expires: u64,
+}
+
+impl FromRequestParts<App> for CustomerAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let Some(key) = &app.inner.token_key else {
+            return Err(ApiError::Forbidden(
+                "customer tokens are disabled on this instance: no API key is configured".into(),
+            ));
+        };
+        let token = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "this operation needs a customer token: send Authorization: Bearer <token>"
+                        .into(),
+                )
+            })?;
+        use crate::customer::TokenError;
+        match key.verify(token, crate::customer::now_s()) {
+            Ok((customer_id, expires)) => Ok(CustomerAuth {
+                customer_id,
+                expires,
+            }),
+            Err(TokenError::Expired) => Err(ApiError::Unauthorized(
+                "the customer token has expired: ask for a new one".into(),
+            )),
+            Err(TokenError::Malformed) | Err(TokenError::BadSignature) => Err(
+                ApiError::Unauthorized("the customer token is not valid".into()),
+            ),
+        }
+    }
+}

@@ -11,6 +11,7 @@
 //! (takes a bound listener and a shutdown future), [`App::openapi`].
 
 mod cached;
+mod customer;
 mod error;
 mod extract;
 mod observe;
@@ -39,10 +40,11 @@ use utoipa_axum::routes;
 
 pub use error::{ApiError, ApiResult, Problem, PROBLEM_JSON};
 pub use observe::X_REQUEST_ID;
+pub use routes::customers::{CustomerIdentity, CustomerToken, TokenRequest};
 pub use routes::ops::Status;
 pub use routes::products::{CategoryList, ProductPage};
 
-use routes::{ops, products};
+use routes::{customers, ops, products};
 
 /// The service: a store and the HTTP settings. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -57,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) request_timeout: Duration,
     pub(crate) http: HttpConfig,
     pub(crate) caching: cached::Caching,
+    /// Signs and checks customer tokens; derived from the API key (none without one).
+    pub(crate) token_key: Option<customer::TokenKey>,
 }
 
 #[derive(OpenApi)]
@@ -66,6 +70,7 @@ pub(crate) struct Inner {
     tags(
         (name = "products", description = "Products: reads are public, writes need the API key"),
         (name = "categories", description = "Categories"),
+        (name = "customers", description = "Customer tokens: issued with the API key, checked without the database"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -78,6 +83,10 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        components.add_security_scheme(
+            "customer_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }
@@ -98,6 +107,9 @@ impl App {
         App {
             inner: Arc::new(Inner {
                 caching: cached::Caching::new(&store, cache),
+                token_key: http.api_key.as_ref().map(|k| {
+                    customer::TokenKey::from_api_key(secrecy::ExposeSecret::expose_secret(k))
+                }),
                 store,
                 api_key: http.api_key.clone(),
                 body_limit: http.body_limit_bytes,
@@ -127,6 +139,8 @@ impl App {
                 products::list_categories,
                 products::create_category
             ))
+            .routes(routes!(customers::issue_token))
+            .routes(routes!(customers::me))
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::metrics))

@@ -1,4 +1,5 @@
 //! Route handlers, grouped by resource.
 
+pub(crate) mod customers;
 pub(crate) mod ops;
 pub(crate) mod products;

@@ -4,6 +4,7 @@
 
 mod caching;
 mod concurrency;
+mod customers;
 mod errors;
 mod fuzz;
 mod helpers;
