@@ -104,22 +104,44 @@ impl<S: Send + Sync> FromRequestParts<S> for ProductIdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        let id = raw
-            .parse::<i64>()
-            .map_err(|_| ())
-            .and_then(|n| ProductId::new(n).map_err(|_| ()))
-            .map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "\"{}\" is not a product id: ids are positive integers",
-                    raw.chars().take(40).collect::<String>()
-                ))
-            })?;
-        Ok(ProductIdPath(id))
+        let n = positive_id(parts, state, "product").await?;
+        ProductId::new(n)
+            .map(ProductIdPath)
+            .map_err(|_| ApiError::BadRequest(format!("{n} is not a product id")))
     }
+}
+
+/// The `{id}` path segment as a positive integer, or a 400 naming `what` it should have been.
+async fn positive_id<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    what: &str,
+) -> Result<i64, ApiError> {
+    let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    match raw.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "\"{}\" is not a {what} id: ids are positive integers",
+            raw.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header, if the request has one of that form.
+fn bearer(parts: &Parts) -> Option<Result<&str, ()>> {
+    let v = parts.headers.get(AUTHORIZATION)?;
+    Some(
+        v.to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(()),
+    )
 }
 
 /// Proof that the request carries the configured API key; required by every write.
@@ -134,20 +156,13 @@ impl FromRequestParts<App> for Writer {
                 "writes are disabled on this instance: no API key is configured (set TENFOLD_API_KEY)".into(),
             ));
         };
-        let given = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::Unauthorized(
-                "this operation needs an API key: send Authorization: Bearer <key>".into(),
-            )
-        })?;
-        let token = given
-            .to_str()
-            .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+        let token = bearer(parts)
             .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "this operation needs an API key: send Authorization: Bearer <key>".into(),
+                )
+            })?
+            .map_err(|()| {
                 ApiError::Unauthorized(
                     "the Authorization header must have the form: Bearer <key>".into(),
                 )
@@ -190,17 +205,9 @@ impl<S: Send + Sync> FromRequestParts<S> for CustomerIdPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state)
-                .await
-                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
-        match raw.parse::<i64>() {
-            Ok(n) if n > 0 => Ok(CustomerIdPath(n)),
-            _ => Err(ApiError::BadRequest(format!(
-                "\"{}\" is not a customer id: ids are positive integers",
-                raw.chars().take(40).collect::<String>()
-            ))),
-        }
+        positive_id(parts, state, "customer")
+            .await
+            .map(CustomerIdPath)
     }
 }
 
