@@ -14,14 +14,7 @@ use tenfold_test_support::{
 use crate::helpers::{auth, client, create_category, create_product};
 
 async fn patch_name(app: &TestApp, id: i64, name: &str) -> i64 {
-    let r = client()
-        .patch(app.url(&format!("/api/products/{id}")))
-        .header("authorization", auth())
-        .json(&json!({ "name": name }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let r = crate::helpers::patch_product(app, id, json!({ "name": name })).await;
     assert_eq!(r.headers()["cache-control"], "no-store");
     r.json::<Value>().await.unwrap()["version"]
         .as_i64()

@@ -18,6 +18,19 @@ pub(crate) async fn get_json(url: impl reqwest::IntoUrl) -> Value {
         .unwrap()
 }
 
+/// PATCHes product `id` through `app` with the API key; asserts 200.
+pub(crate) async fn patch_product(app: &TestApp, id: i64, body: Value) -> Response {
+    let r = client()
+        .patch(app.url(&format!("/api/products/{id}")))
+        .header("authorization", auth())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r
+}
+
 pub(crate) fn auth() -> String {
     format!("Bearer {TEST_API_KEY}")
 }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tenfold_store::{connect, ConnectOptions, Store};
 use tenfold_test_support::{spawn_app_on, CacheConfig, HttpConfig, PgCluster, TestApp};
 
-use crate::helpers::{auth, client};
+use crate::helpers::client;
 
 fn enabled() -> bool {
     std::env::var("TENFOLD_TEST_POSTGRES_URL").is_ok_and(|v| !v.is_empty())
@@ -49,14 +49,7 @@ async fn caught_up(cluster: &PgCluster, products: u64) {
 
 /// PATCHes the stock through `app`; returns the consistency token of the write.
 async fn set_stock(app: &TestApp, id: i64, stock: i64) -> String {
-    let r = client()
-        .patch(app.url(&format!("/api/products/{id}")))
-        .header("authorization", auth())
-        .json(&json!({ "stock": stock }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    let r = crate::helpers::patch_product(app, id, json!({ "stock": stock })).await;
     r.headers()["consistency-token"]
         .to_str()
         .unwrap()
