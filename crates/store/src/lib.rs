@@ -16,6 +16,7 @@ mod error;
 mod fast;
 mod feed;
 mod replicas;
+pub mod shards;
 mod sql;
 
 use std::sync::Arc;
