@@ -151,6 +151,12 @@ impl From<StoreError> for ApiError {
             StoreError::VersionMismatch { current } => ApiError::PreconditionFailed(format!(
                 "the resource has changed since you read it (it is now at version {current}, ETag \"v{current}\"): fetch it again and retry"
             )),
+            StoreError::InsufficientStock { product_id, available, requested } => ApiError::Conflict(format!(
+                "not enough stock: product {product_id} has {available} left and {requested} were asked for"
+            )),
+            StoreError::UnknownProduct(id) => {
+                ApiError::field("items", format!("product {id} does not exist"))
+            }
             StoreError::UnknownCategory(slug) => {
                 ApiError::field("category", format!("category \"{slug}\" does not exist; create it first with POST /api/categories"))
             }

@@ -17,7 +17,8 @@ use tenfold_catalog::{Category, Money, NewCategory, NewProduct, Product, Product
 use crate::fast::FastReads;
 use crate::sql::{like_contains, Sql};
 use crate::{
-    CatalogStore, Cursor, ListQuery, Page, PoolStats, Readiness, Store, StoreError, MAX_PAGE,
+    CatalogStore, Cursor, ListQuery, Page, PoolStats, Readiness, StockItem, Store, StoreError,
+    TakenItem, MAX_PAGE,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -340,6 +341,19 @@ fn conflict_if_taken(e: sqlx::Error, what: &str, value: &str) -> StoreError {
     }
 }
 
+/// The items with one line per product (quantities added), in product-id order: transactions that take
+/// stock lock rows in the same order, so two orders cannot deadlock on each other.
+fn merged(items: &[StockItem]) -> Vec<StockItem> {
+    let mut by_id: std::collections::BTreeMap<i64, StockItem> = std::collections::BTreeMap::new();
+    for it in items {
+        by_id
+            .entry(it.product_id.get())
+            .and_modify(|m| m.quantity = m.quantity.saturating_add(it.quantity))
+            .or_insert(*it);
+    }
+    by_id.into_values().collect()
+}
+
 /// A page from `limit + 1` rows: the extra row only says that there is a next page.
 fn page(mut rows: Vec<Product>, limit: u32) -> Page {
     let more = rows.len() > limit as usize;
@@ -652,6 +666,76 @@ macro_rules! impl_catalog_store {
                         sqlx::query_scalar::<_, i64>(&self.sql.count_products).fetch_one(pool)
                     })
                     .await?)
+            }
+
+            async fn take_stock(&self, items: &[StockItem]) -> Result<Vec<TakenItem>, StoreError> {
+                let items = merged(items);
+                let now = now();
+                let mut tx = self.writer.begin().await?;
+                let mut taken = Vec::with_capacity(items.len());
+                for it in &items {
+                    let q = i64::from(it.quantity);
+                    let row =
+                        sqlx::query_as::<_, (i64, String, i64, String, i64)>(&self.sql.take_stock)
+                            .bind(q)
+                            .bind(now)
+                            .bind(it.product_id.get())
+                            .bind(q)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    match row {
+                        Some((product_id, name, price_minor, currency, version)) => {
+                            taken.push(TakenItem {
+                                product_id,
+                                name,
+                                price_minor,
+                                currency,
+                                quantity: it.quantity,
+                                version,
+                            })
+                        }
+                        None => {
+                            let available = sqlx::query_scalar::<_, i64>(&self.sql.stock_of)
+                                .bind(it.product_id.get())
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            tx.rollback().await?;
+                            return Err(match available {
+                                None => StoreError::UnknownProduct(it.product_id.get()),
+                                Some(available) => StoreError::InsufficientStock {
+                                    product_id: it.product_id.get(),
+                                    available,
+                                    requested: q,
+                                },
+                            });
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(taken)
+            }
+
+            async fn give_back_stock(
+                &self,
+                items: &[StockItem],
+            ) -> Result<Vec<(i64, i64)>, StoreError> {
+                let items = merged(items);
+                let now = now();
+                let mut tx = self.writer.begin().await?;
+                let mut versions = Vec::with_capacity(items.len());
+                for it in &items {
+                    if let Some(v) = sqlx::query_scalar::<_, i64>(&self.sql.give_stock)
+                        .bind(i64::from(it.quantity))
+                        .bind(now)
+                        .bind(it.product_id.get())
+                        .fetch_optional(&mut *tx)
+                        .await?
+                    {
+                        versions.push((it.product_id.get(), v));
+                    }
+                }
+                tx.commit().await?;
+                Ok(versions)
             }
 
             async fn close(&self) {

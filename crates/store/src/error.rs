@@ -13,6 +13,19 @@ pub enum StoreError {
         /// The version now stored.
         current: i64,
     },
+    /// An order asks for more than the stock.
+    #[error("product {product_id} has {available} in stock, {requested} were asked for")]
+    InsufficientStock {
+        /// The product.
+        product_id: i64,
+        /// What is left.
+        available: i64,
+        /// What was asked for.
+        requested: i64,
+    },
+    /// An order names a product that does not exist.
+    #[error("product {0} does not exist")]
+    UnknownProduct(i64),
     /// The product names a category that does not exist.
     #[error("category \"{0}\" does not exist")]
     UnknownCategory(String),

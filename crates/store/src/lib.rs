@@ -58,6 +58,32 @@ pub struct Page {
     pub next: Option<Cursor>,
 }
 
+/// One line of an order: how many of a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockItem {
+    /// The product.
+    pub product_id: ProductId,
+    /// How many, at least 1.
+    pub quantity: u32,
+}
+
+/// A product's state as an order took its stock: the snapshot an order keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenItem {
+    /// The product.
+    pub product_id: i64,
+    /// Its name then.
+    pub name: String,
+    /// Its unit price then, in minor units.
+    pub price_minor: i64,
+    /// The price's currency.
+    pub currency: String,
+    /// How many were taken.
+    pub quantity: u32,
+    /// The product's version after the stock was taken.
+    pub version: i64,
+}
+
 /// Whether the store can serve: the database answers and every migration is applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
@@ -144,6 +170,15 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Number of products.
     async fn count_products(&self) -> Result<i64, StoreError>;
+
+    /// Takes the stock of every item in one transaction: all of it or nothing (`InsufficientStock`,
+    /// `UnknownProduct`). Concurrent calls never sell more than the stock. Returns the products' state
+    /// (name, price, new version) as of the taking, in product-id order.
+    async fn take_stock(&self, items: &[StockItem]) -> Result<Vec<TakenItem>, StoreError>;
+
+    /// Puts back stock an order took (an order that could not be completed); returns each product's
+    /// new version, in product-id order. Products deleted since are skipped.
+    async fn give_back_stock(&self, items: &[StockItem]) -> Result<Vec<(i64, i64)>, StoreError>;
 
     /// A token naming the database state after this instance's last commit (PostgreSQL: the primary's
     /// WAL position); reads inside [`read_at_least`] with it see that state. `None` on SQLite, which has

@@ -19,6 +19,9 @@ pub(crate) struct Sql {
     pub(crate) recount: String,
     pub(crate) count_products: String,
     pub(crate) applied_migrations: String,
+    pub(crate) take_stock: String,
+    pub(crate) give_stock: String,
+    pub(crate) stock_of: String,
     /// Prefix of the multi-row seed insert; rows are appended by a query builder.
     pub(crate) bulk_insert_prefix: String,
     pub(crate) bulk_insert_suffix: String,
@@ -55,6 +58,17 @@ impl Sql {
             )),
             delete: p("DELETE FROM products WHERE id = ? AND version = COALESCE(?, version)".into()),
             version_of: p("SELECT version FROM products WHERE id = ?".into()),
+            take_stock: p(
+                "UPDATE products SET stock = stock - ?, version = version + 1, updated_at = ? \
+                 WHERE id = ? AND stock >= ? RETURNING id, name, price_minor, currency, version"
+                    .into(),
+            ),
+            give_stock: p(
+                "UPDATE products SET stock = stock + ?, version = version + 1, updated_at = ? \
+                 WHERE id = ? RETURNING version"
+                    .into(),
+            ),
+            stock_of: p("SELECT stock FROM products WHERE id = ?".into()),
             count_inc: p("UPDATE categories SET product_count = product_count + 1 WHERE slug = ?".into()),
             count_dec_for: p(
                 "UPDATE categories SET product_count = product_count - 1 \

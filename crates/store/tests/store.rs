@@ -244,3 +244,140 @@ async fn seeding_is_deterministic_and_idempotent() {
         s.close().await;
     }
 }
+
+fn stocked(sku: &str, stock: i64) -> NewProduct {
+    NewProduct::parse(&NewProductInput {
+        sku: sku.into(),
+        name: format!("Product {sku}"),
+        description: String::new(),
+        price: Money {
+            amount_minor: 250,
+            currency: "EUR".into(),
+        },
+        stock,
+        category: "tools".into(),
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_orders_never_oversell_a_stock_of_a_hundred() {
+    use tenfold_store::StockItem;
+    for engine in engines() {
+        let db = TestDb::new(engine).await;
+        let store = db.store().await;
+        store.create_category(&category("tools")).await.unwrap();
+        let p = store.create_product(&stocked("HAMMER", 100)).await.unwrap();
+        let item = [StockItem {
+            product_id: id(p.id),
+            quantity: 1,
+        }];
+        let mut tasks = Vec::new();
+        for _ in 0..1000 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move { store.take_stock(&item).await }));
+        }
+        let (mut ok, mut refused, mut versions) = (0, 0, Vec::new());
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(taken) => {
+                    ok += 1;
+                    assert_eq!(taken[0].name, "Product HAMMER");
+                    assert_eq!(taken[0].price_minor, 250);
+                    versions.push(taken[0].version);
+                }
+                Err(StoreError::InsufficientStock {
+                    available: 0,
+                    requested: 1,
+                    ..
+                }) => refused += 1,
+                Err(e) => panic!("{engine:?}: unexpected {e}"),
+            }
+        }
+        assert_eq!((ok, refused), (100, 900), "{engine:?}");
+        let after = store.get_product(id(p.id)).await.unwrap().unwrap();
+        assert_eq!(after.stock, 0);
+        // Every taking made its own version: 2..=101, each once.
+        versions.sort();
+        assert_eq!(versions, (2..=101).collect::<Vec<i64>>(), "{engine:?}");
+        assert_eq!(after.version, 101);
+    }
+}
+
+#[tokio::test]
+async fn an_order_takes_all_its_stock_or_none_and_can_give_it_back() {
+    use tenfold_store::StockItem;
+    for engine in engines() {
+        let db = TestDb::new(engine).await;
+        let store = db.store().await;
+        store.create_category(&category("tools")).await.unwrap();
+        let a = store.create_product(&stocked("SAW", 5)).await.unwrap();
+        let b = store.create_product(&stocked("DRILL", 1)).await.unwrap();
+        let items = |qa, qb| {
+            [
+                StockItem {
+                    product_id: id(b.id),
+                    quantity: qb,
+                },
+                StockItem {
+                    product_id: id(a.id),
+                    quantity: qa,
+                },
+            ]
+        };
+        // B is short: nothing is taken, A included.
+        match store.take_stock(&items(2, 2)).await {
+            Err(StoreError::InsufficientStock {
+                product_id,
+                available: 1,
+                requested: 2,
+            }) => {
+                assert_eq!(product_id, b.id)
+            }
+            other => panic!("{engine:?}: {other:?}"),
+        }
+        assert_eq!(store.get_product(id(a.id)).await.unwrap().unwrap().stock, 5);
+        // Lines for one product add up; results come in product-id order.
+        let taken = store
+            .take_stock(&[
+                StockItem {
+                    product_id: id(a.id),
+                    quantity: 2,
+                },
+                StockItem {
+                    product_id: id(b.id),
+                    quantity: 1,
+                },
+                StockItem {
+                    product_id: id(a.id),
+                    quantity: 1,
+                },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            taken
+                .iter()
+                .map(|t| (t.product_id, t.quantity))
+                .collect::<Vec<_>>(),
+            vec![(a.id, 3), (b.id, 1)]
+        );
+        assert_eq!(store.get_product(id(a.id)).await.unwrap().unwrap().stock, 2);
+        // Unknown products are named.
+        assert!(matches!(
+            store
+                .take_stock(&[StockItem {
+                    product_id: id(999_999),
+                    quantity: 1
+                }])
+                .await,
+            Err(StoreError::UnknownProduct(999_999))
+        ));
+        // Given back: the stock returns and the versions move on.
+        let versions = store.give_back_stock(&items(3, 1)).await.unwrap();
+        assert_eq!(versions.len(), 2);
+        let a_now = store.get_product(id(a.id)).await.unwrap().unwrap();
+        assert_eq!((a_now.stock, a_now.version), (5, 3));
+        assert_eq!(store.get_product(id(b.id)).await.unwrap().unwrap().stock, 1);
+    }
+}

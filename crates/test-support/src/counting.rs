@@ -105,6 +105,18 @@ impl CatalogStore for CountingStore {
     async fn count_products(&self) -> Result<i64, StoreError> {
         self.inner.count_products().await
     }
+    async fn take_stock(
+        &self,
+        items: &[tenfold_store::StockItem],
+    ) -> Result<Vec<tenfold_store::TakenItem>, StoreError> {
+        self.inner.take_stock(items).await
+    }
+    async fn give_back_stock(
+        &self,
+        items: &[tenfold_store::StockItem],
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.inner.give_back_stock(items).await
+    }
     async fn consistency_token(
         &self,
     ) -> Result<Option<tenfold_store::ConsistencyToken>, StoreError> {
