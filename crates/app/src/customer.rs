@@ -89,6 +89,13 @@ fn unreachable_mac() -> HmacSha256 {
     HmacSha256::new_from_slice(&[0u8; 32]).unwrap()
 }
 
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub(crate) fn now_s() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -42,9 +42,10 @@ pub use error::{ApiError, ApiResult, Problem, PROBLEM_JSON};
 pub use observe::X_REQUEST_ID;
 pub use routes::customers::{CustomerIdentity, CustomerToken, TokenRequest};
 pub use routes::ops::Status;
+pub use routes::orders::{NewOrder, NewOrderLine, OrderLineView, OrderPage, OrderView};
 pub use routes::products::{CategoryList, ProductPage};
 
-use routes::{customers, ops, products};
+use routes::{customers, ops, orders, products};
 
 /// The service: a store and the HTTP settings. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -61,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) caching: cached::Caching,
     /// Signs and checks customer tokens; derived from the API key (none without one).
     pub(crate) token_key: Option<customer::TokenKey>,
+    /// The order shards, once opened (`App::set_order_shards`).
+    pub(crate) orders: std::sync::OnceLock<Arc<tenfold_store::OrderShards>>,
 }
 
 #[derive(OpenApi)]
@@ -71,6 +74,7 @@ pub(crate) struct Inner {
         (name = "products", description = "Products: reads are public, writes need the API key"),
         (name = "categories", description = "Categories"),
         (name = "customers", description = "Customer tokens: issued with the API key, checked without the database"),
+        (name = "orders", description = "Orders: stock taken atomically, kept on the customer's shard"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -110,6 +114,7 @@ impl App {
                 token_key: http.api_key.as_ref().map(|k| {
                     customer::TokenKey::from_api_key(secrecy::ExposeSecret::expose_secret(k))
                 }),
+                orders: std::sync::OnceLock::new(),
                 store,
                 api_key: http.api_key.clone(),
                 body_limit: http.body_limit_bytes,
@@ -121,6 +126,11 @@ impl App {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Gives the service its order shards (orders answer 503 until then). Once only.
+    pub fn set_order_shards(&self, shards: Arc<tenfold_store::OrderShards>) {
+        let _ = self.inner.orders.set(shards);
     }
 
     pub(crate) fn cache(&self) -> &tenfold_cache::Cache {
@@ -141,6 +151,9 @@ impl App {
             ))
             .routes(routes!(customers::issue_token))
             .routes(routes!(customers::me))
+            .routes(routes!(orders::place_order))
+            .routes(routes!(orders::get_order))
+            .routes(routes!(orders::customer_orders))
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::metrics))

@@ -297,6 +297,40 @@ pub struct DatabaseConfig {
     pub replica_urls: Vec<SecretString>,
     /// A replica further behind the primary than this gets no reads, in milliseconds.
     pub max_replica_lag_ms: u64,
+    /// Databases holding orders, one per shard (`--shard-url`, repeatable, or a comma-separated
+    /// `TENFOLD_SHARD_URLS`). Empty: one shard, `orders-0.db` beside a SQLite catalog, or the PostgreSQL
+    /// primary itself.
+    #[serde(serialize_with = "mask_urls", deserialize_with = "urls_or_csv")]
+    pub shard_urls: Vec<SecretString>,
+}
+
+impl DatabaseConfig {
+    /// The order shards' URLs: `shard_urls`, or by default one shard: `orders-0.db` in the directory of a
+    /// SQLite catalog, or the PostgreSQL catalog database itself.
+    pub fn order_shard_urls(&self) -> Vec<String> {
+        if !self.shard_urls.is_empty() {
+            return self
+                .shard_urls
+                .iter()
+                .map(|u| u.expose_secret().to_owned())
+                .collect();
+        }
+        let url = self.url.expose_secret();
+        match url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            Some(rest) => {
+                let path = rest.split('?').next().unwrap_or(rest);
+                if path.is_empty() || path.contains(":memory:") {
+                    return vec!["sqlite::memory:".to_owned()];
+                }
+                let dir = Path::new(path).parent().unwrap_or(Path::new(""));
+                vec![format!("sqlite://{}", dir.join("orders-0.db").display())]
+            }
+            None => vec![url.to_owned()],
+        }
+    }
 }
 
 /// Log output.
@@ -343,6 +377,7 @@ impl Default for DatabaseConfig {
             acquire_timeout_ms: 3_000,
             replica_urls: Vec::new(),
             max_replica_lag_ms: 1_000,
+            shard_urls: Vec::new(),
         }
     }
 }
@@ -381,6 +416,8 @@ pub struct Overrides {
     pub cache_enabled: Option<bool>,
     /// `--replica-url` (replaces the configured list when given).
     pub replica_urls: Option<Vec<String>>,
+    /// `--shard-url` (replaces the configured list when given).
+    pub shard_urls: Option<Vec<String>>,
 }
 
 /// Short environment names for the settings people set most; any key can also be set as
@@ -394,6 +431,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("admin_token", "lb.admin_token"),
     ("redis_url", "cache.redis_url"),
     ("replica_urls", "database.replica_urls"),
+    ("shard_urls", "database.shard_urls"),
 ];
 
 impl Config {
@@ -474,6 +512,9 @@ impl Config {
         if let Some(v) = &o.replica_urls {
             fig = fig.merge(Serialized::default("database.replica_urls", v));
         }
+        if let Some(v) = &o.shard_urls {
+            fig = fig.merge(Serialized::default("database.shard_urls", v));
+        }
         Ok(fig)
     }
 
@@ -539,6 +580,17 @@ impl Config {
                     );
                 }
             }
+        }
+        for u in &self.database.shard_urls {
+            if DatabaseKind::of(u.expose_secret()).is_err() {
+                return invalid(
+                    "database.shard_urls",
+                    "each shard must be a sqlite:// or postgres:// URL",
+                );
+            }
+        }
+        if self.database.shard_urls.len() > usize::from(u16::MAX) {
+            return invalid("database.shard_urls", "too many shards");
         }
         if !(1..=3_600_000).contains(&self.database.max_replica_lag_ms) {
             return invalid(
@@ -842,5 +894,26 @@ mod tests {
             assert!(e.to_string().contains("database.replica_urls"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn order_shards_default_beside_the_catalog() {
+        let mut d = DatabaseConfig::default();
+        assert_eq!(d.order_shard_urls(), ["sqlite://data/orders-0.db"]);
+        d.url = SecretString::from("sqlite:///var/lib/tenfold/catalog.db?mode=rwc");
+        assert_eq!(
+            d.order_shard_urls(),
+            ["sqlite:///var/lib/tenfold/orders-0.db"]
+        );
+        d.url = SecretString::from("postgres://u@h/db");
+        assert_eq!(d.order_shard_urls(), ["postgres://u@h/db"]);
+        d.shard_urls = vec![
+            SecretString::from("postgres://u@h1/a"),
+            SecretString::from("postgres://u@h2/b"),
+        ];
+        assert_eq!(
+            d.order_shard_urls(),
+            ["postgres://u@h1/a", "postgres://u@h2/b"]
+        );
     }
 }

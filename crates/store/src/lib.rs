@@ -15,6 +15,7 @@ mod engine;
 mod error;
 mod fast;
 mod feed;
+mod orders;
 mod replicas;
 pub mod shards;
 mod sql;
@@ -28,6 +29,7 @@ pub use cursor::Cursor;
 pub use engine::{connect, ConnectOptions, Engine};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedError, FeedEvent};
+pub use orders::{Order, OrderLine, OrderShards};
 pub use replicas::{read_at_least, ConsistencyToken};
 
 /// A shared handle to the catalog store; cheap to clone.

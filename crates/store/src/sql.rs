@@ -100,7 +100,7 @@ impl Sql {
 }
 
 /// Rewrites `?` placeholders to `$1, $2, ...` (no statement here has a `?` inside a string literal).
-fn dollar_params(sql: &str) -> String {
+pub(crate) fn dollar_params(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut n = 0;
     for c in sql.chars() {

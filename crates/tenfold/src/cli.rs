@@ -40,6 +40,9 @@ pub(crate) struct Global {
     /// A streaming replica of the PostgreSQL primary for reads (repeat for several).
     #[arg(long = "replica-url", global = true, value_name = "URL")]
     pub(crate) replica_urls: Vec<String>,
+    /// A database holding a shard of the orders (repeat for several; the order matters).
+    #[arg(long = "shard-url", global = true, value_name = "URL")]
+    pub(crate) shard_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -187,6 +190,8 @@ impl Cli {
             cache_enabled: self.global.no_cache.then_some(false),
             replica_urls: (!self.global.replica_urls.is_empty())
                 .then(|| self.global.replica_urls.clone()),
+            shard_urls: (!self.global.shard_urls.is_empty())
+                .then(|| self.global.shard_urls.clone()),
         };
         Config::load(self.global.config.as_deref(), &overrides)
     }

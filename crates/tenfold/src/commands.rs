@@ -136,6 +136,13 @@ pub(crate) async fn run(
             tracing::info!(%addr, database = %tenfold_config::mask_password(config.database.url.expose_secret()), "serving");
             let app =
                 tenfold_app::App::with_cache(store.clone(), config.http.clone(), &config.cache);
+            let shards = tenfold_store::OrderShards::connect(
+                &config.database.order_shard_urls(),
+                Duration::from_millis(config.database.acquire_timeout_ms),
+            )
+            .await
+            .context("cannot open the order shards")?;
+            app.set_order_shards(std::sync::Arc::new(shards));
             let stop = async move {
                 if exit_on_stdin_eof {
                     tokio::select! {

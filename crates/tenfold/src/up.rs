@@ -89,7 +89,13 @@ pub(crate) async fn run(
             format!("{:?}", config.log.format).to_lowercase(),
         ),
     ];
-    // Replicas and cache settings given as flags to `up` reach the instances too.
+    // Replicas, shards and cache settings given as flags to `up` reach the instances too.
+    if !config.database.shard_urls.is_empty() {
+        env.push((
+            "TENFOLD_DATABASE__SHARD_URLS".to_owned(),
+            config.database.order_shard_urls().join(","),
+        ));
+    }
     if !config.database.replica_urls.is_empty() {
         let urls: Vec<&str> = config
             .database

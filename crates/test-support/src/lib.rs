@@ -189,7 +189,17 @@ pub async fn spawn_app_with(db: &TestDb, settings: HttpConfig) -> TestApp {
 
 /// Starts the service in-process on `127.0.0.1:0` over an open `store` with these HTTP and cache
 /// settings (the API key defaults to [`TEST_API_KEY`]).
-pub async fn spawn_app_on(store: Store, mut settings: HttpConfig, cache: &CacheConfig) -> TestApp {
+pub async fn spawn_app_on(store: Store, settings: HttpConfig, cache: &CacheConfig) -> TestApp {
+    spawn_app_full(store, settings, cache, None).await
+}
+
+/// [`spawn_app_on`] with order shards.
+pub async fn spawn_app_full(
+    store: Store,
+    mut settings: HttpConfig,
+    cache: &CacheConfig,
+    shards: Option<std::sync::Arc<tenfold_store::OrderShards>>,
+) -> TestApp {
     init_test_log();
     if settings.api_key.is_none() {
         settings.api_key = Some(TEST_API_KEY.to_owned().into());
@@ -200,6 +210,9 @@ pub async fn spawn_app_on(store: Store, mut settings: HttpConfig, cache: &CacheC
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = tenfold_app::App::with_cache(store.clone(), settings, cache);
+    if let Some(s) = shards {
+        app.set_order_shards(s);
+    }
     let task = tokio::spawn(async move {
         let _ = app
             .serve(listener, async move {

@@ -2,4 +2,5 @@
 
 pub(crate) mod customers;
 pub(crate) mod ops;
+pub(crate) mod orders;
 pub(crate) mod products;

@@ -1,0 +1,339 @@
+//! `/api/orders` and `/api/customers/{id}/orders`: orders placed by customers (customer tokens), stock
+//! taken atomically on the catalog, the order written to its customer's shard.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use tenfold_catalog::{ProductId, ValidationErrors};
+use tenfold_store::shards::{bucket_of, OrderId};
+use tenfold_store::{Order, OrderLine, OrderShards, StockItem};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiQuery, CustomerAuth, CustomerIdPath};
+use crate::{cached, App};
+
+/// Most lines in one order.
+const MAX_LINES: usize = 50;
+/// Most of one product in one line.
+const MAX_QUANTITY: u32 = 1000;
+
+/// One line of a new order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrderLine {
+    /// The product.
+    #[schema(minimum = 1)]
+    pub product_id: i64,
+    /// How many, 1 to 1,000.
+    #[schema(minimum = 1, maximum = 1000)]
+    pub quantity: u32,
+}
+
+/// A new order.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    /// The customer placing it (must be the customer of the token).
+    pub customer_id: i64,
+    /// 1 to 50 lines.
+    pub items: Vec<NewOrderLine>,
+}
+
+/// An order, with each line as it was when bought.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderView {
+    /// Its id.
+    pub id: i64,
+    /// Who placed it.
+    pub customer_id: i64,
+    /// The lines: product, and its name and unit price at the time.
+    pub items: Vec<OrderLineView>,
+    /// The total, in minor units.
+    pub total_minor: i64,
+    /// ISO 4217 currency of every amount.
+    pub currency: String,
+    /// When it was placed (RFC 3339).
+    pub created_at: String,
+}
+
+/// A line of a placed order.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderLineView {
+    /// The product.
+    pub product_id: i64,
+    /// Its name when bought.
+    pub name: String,
+    /// Its unit price when bought, in minor units.
+    pub price_minor: i64,
+    /// How many.
+    pub quantity: u32,
+}
+
+impl From<Order> for OrderView {
+    fn from(o: Order) -> Self {
+        OrderView {
+            id: o.id.get(),
+            customer_id: o.customer_id,
+            items: o
+                .lines
+                .into_iter()
+                .map(|l| OrderLineView {
+                    product_id: l.product_id,
+                    name: l.name,
+                    price_minor: l.price_minor,
+                    quantity: l.quantity,
+                })
+                .collect(),
+            total_minor: o.total_minor,
+            currency: o.currency,
+            created_at: o.created_at,
+        }
+    }
+}
+
+fn shards(app: &App) -> ApiResult<&OrderShards> {
+    app.inner
+        .orders
+        .get()
+        .map(|s| s.as_ref())
+        .ok_or_else(|| ApiError::Unavailable {
+            detail: "orders are not available on this instance (no order shards are open)".into(),
+            retry_after: std::time::Duration::from_secs(5),
+        })
+}
+
+fn own(who: &CustomerAuth, customer_id: i64) -> ApiResult<()> {
+    if who.customer_id == customer_id {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "this token is customer {}'s; it cannot act for customer {customer_id}",
+            who.customer_id
+        )))
+    }
+}
+
+/// Place an order: the stock of every line is taken at once (or none is), then the order is kept with
+/// each product's name and price as they are now.
+#[utoipa::path(
+    post,
+    path = "/api/orders",
+    tag = "orders",
+    request_body(content = NewOrder, content_type = "application/json"),
+    security(("customer_token" = [])),
+    responses(
+        (status = 201, description = "Placed", body = OrderView, headers(("Location" = String, description = "URL of the order"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid customer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token is another customer's", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not enough stock", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid lines or unknown products", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn place_order(
+    State(app): State<App>,
+    who: CustomerAuth,
+    ApiJson(new): ApiJson<NewOrder>,
+) -> ApiResult<Response> {
+    own(&who, new.customer_id)?;
+    let mut errs = ValidationErrors::default();
+    if new.items.is_empty() || new.items.len() > MAX_LINES {
+        let _: Option<()> = errs.check(
+            "items",
+            Err(format!(
+                "an order has 1 to {MAX_LINES} lines (got {})",
+                new.items.len()
+            )),
+        );
+    }
+    let mut items = Vec::with_capacity(new.items.len());
+    for (i, l) in new.items.iter().enumerate() {
+        let id = errs.check(
+            &format!("items[{i}].product_id"),
+            ProductId::new(l.product_id)
+                .map_err(|_| "product ids are positive integers".to_owned()),
+        );
+        let q = errs.check(
+            &format!("items[{i}].quantity"),
+            if (1..=MAX_QUANTITY).contains(&l.quantity) {
+                Ok(l.quantity)
+            } else {
+                Err(format!("quantity must be between 1 and {MAX_QUANTITY}"))
+            },
+        );
+        if let (Some(product_id), Some(quantity)) = (id, q) {
+            items.push(StockItem {
+                product_id,
+                quantity,
+            });
+        }
+    }
+    if !errs.0.is_empty() {
+        return Err(ApiError::Validation(errs));
+    }
+    let shards = shards(&app)?;
+    let store = app.store();
+    let taken = store.take_stock(&items).await?;
+    let currency = taken
+        .first()
+        .map(|t| t.currency.clone())
+        .unwrap_or_default();
+    // From here on the stock is taken: any failure gives it back.
+    let give_back = || async {
+        if let Err(e) = store.give_back_stock(&items).await {
+            tracing::error!(error = %e, "could not give back the stock of a failed order");
+        }
+    };
+    if taken.iter().any(|t| t.currency != currency) {
+        give_back().await;
+        return Err(ApiError::field(
+            "items",
+            "every product of one order must be priced in the same currency",
+        ));
+    }
+    let order = Order {
+        id: OrderId::new(
+            bucket_of(new.customer_id),
+            crate::customer::now_ms(),
+            rand::random::<u16>(),
+        ),
+        customer_id: new.customer_id,
+        total_minor: taken
+            .iter()
+            .map(|t| t.price_minor * i64::from(t.quantity))
+            .sum(),
+        lines: taken
+            .iter()
+            .map(|t| OrderLine {
+                product_id: t.product_id,
+                name: t.name.clone(),
+                price_minor: t.price_minor,
+                quantity: t.quantity,
+            })
+            .collect(),
+        currency,
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    };
+    // The stock changed: cached products and pages must not show the old stock.
+    app.cache()
+        .invalidate(tenfold_cache::Change {
+            products: taken
+                .iter()
+                .map(|t| (t.product_id, Some(t.version)))
+                .collect(),
+            tags: vec![cached::list_tag(None)],
+            all_lists: true,
+        })
+        .await;
+    if let Err(e) = shards.insert(&order).await {
+        tracing::error!(error = %e, order = order.id.get(), "could not write an order to its shard; giving the stock back");
+        give_back().await;
+        return Err(e.into());
+    }
+    let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id.get())).ok();
+    let mut resp = (StatusCode::CREATED, Json(OrderView::from(order))).into_response();
+    if let Some(l) = location {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(resp)
+}
+
+/// An order, read from the shard its id names (only by the customer who placed it).
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    tag = "orders",
+    params(("id" = i64, Path, description = "Order id", minimum = 1)),
+    security(("customer_token" = [])),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid customer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another customer's order", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn get_order(
+    State(app): State<App>,
+    who: CustomerAuth,
+    CustomerIdPath(id): CustomerIdPath,
+) -> ApiResult<Json<OrderView>> {
+    let not_found = || ApiError::NotFound(format!("there is no order {id}"));
+    let id = OrderId::from_i64(id).ok_or_else(not_found)?;
+    let order = shards(&app)?.get(id).await?.ok_or_else(not_found)?;
+    own(&who, order.customer_id)?;
+    Ok(Json(order.into()))
+}
+
+/// Query of a customer's orders.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct OrdersQuery {
+    /// Only orders older than this order id (the `next_before` of the previous page).
+    #[param(nullable = false, minimum = 1)]
+    before: Option<i64>,
+    /// Page size, 1-100 (default 20).
+    #[param(nullable = false, minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+}
+
+/// A page of a customer's orders, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrderPage {
+    /// The orders.
+    pub items: Vec<OrderView>,
+    /// Pass as `before` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
+}
+
+/// A customer's orders, newest first, from the customer's shard (only by that customer).
+#[utoipa::path(
+    get,
+    path = "/api/customers/{id}/orders",
+    tag = "orders",
+    params(("id" = i64, Path, description = "Customer id", minimum = 1), OrdersQuery),
+    security(("customer_token" = [])),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderPage),
+        (status = 400, description = "Malformed id or query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid customer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Another customer's orders", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid parameter values", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn customer_orders(
+    State(app): State<App>,
+    who: CustomerAuth,
+    CustomerIdPath(customer): CustomerIdPath,
+    ApiQuery(q): ApiQuery<OrdersQuery>,
+) -> ApiResult<Json<OrderPage>> {
+    own(&who, customer)?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        let mut errs = ValidationErrors::default();
+        let _: Option<()> = errs.check(
+            "limit",
+            Err(format!("limit must be between 1 and 100 (got {limit})")),
+        );
+        return Err(ApiError::Validation(errs));
+    }
+    let mut orders = shards(&app)?
+        .by_customer(customer, q.before, limit + 1)
+        .await?;
+    let more = orders.len() > limit as usize;
+    orders.truncate(limit as usize);
+    let next_before = if more {
+        orders.last().map(|o| o.id.get())
+    } else {
+        None
+    };
+    Ok(Json(OrderPage {
+        items: orders.into_iter().map(OrderView::from).collect(),
+        next_before,
+    }))
+}

@@ -1,0 +1,14 @@
+-- Applied (idempotently) to every order shard when it is opened; the shard may share a database with the catalog.
+-- One order shard. Each order keeps a snapshot of its items (name and price at purchase), so reading it
+-- needs no join with the catalog (which lives in another database).
+CREATE TABLE IF NOT EXISTS orders (
+    id          BIGINT PRIMARY KEY,           -- carries its bucket (see shards.rs)
+    customer_id BIGINT NOT NULL,
+    bucket      INTEGER NOT NULL,
+    items       TEXT NOT NULL,                -- JSON: [{product_id, name, price_minor, quantity}]
+    total_minor BIGINT NOT NULL,
+    currency    TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id, id);
+CREATE INDEX IF NOT EXISTS orders_by_bucket ON orders (bucket, id);
