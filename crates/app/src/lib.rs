@@ -42,7 +42,9 @@ pub use error::{ApiError, ApiResult, Problem, PROBLEM_JSON};
 pub use observe::X_REQUEST_ID;
 pub use routes::customers::{CustomerIdentity, CustomerToken, TokenRequest};
 pub use routes::ops::Status;
-pub use routes::orders::{NewOrder, NewOrderLine, OrderLineView, OrderPage, OrderView};
+pub use routes::orders::{
+    reconcile_orders, NewOrder, NewOrderLine, OrderLineView, OrderPage, OrderView,
+};
 pub use routes::products::{CategoryList, ProductPage};
 
 use routes::{customers, ops, orders, products};
@@ -64,6 +66,15 @@ pub(crate) struct Inner {
     pub(crate) token_key: Option<customer::TokenKey>,
     /// The order shards, once opened (`App::set_order_shards`).
     pub(crate) orders: std::sync::OnceLock<Arc<tenfold_store::OrderShards>>,
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(OpenApi)]
@@ -278,6 +289,23 @@ impl App {
         {
             tracing::warn!("the cache's invalidation feeds are not subscribed yet; serving anyway");
         }
-        serve::serve(self.router(), listener, shutdown, &self.inner.http).await
+        // Orders whose placing process died between taking stock and writing the order: checked every
+        // 10 s, after a minute (far longer than any request may run).
+        let reconciler = self.inner.orders.get().cloned().map(|shards| {
+            let store = self.inner.store.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(10));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = routes::orders::reconcile_orders(&store, &shards, 60_000).await
+                    {
+                        tracing::warn!(error = %e, "order reconciliation failed; retrying");
+                    }
+                }
+            }))
+        });
+        let served = serve::serve(self.router(), listener, shutdown, &self.inner.http).await;
+        drop(reconciler);
+        served
     }
 }

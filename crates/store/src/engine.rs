@@ -327,6 +327,10 @@ impl From<CategoryRow> for Category {
     }
 }
 
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
 /// Timestamps are kept to the microsecond, the precision both engines store.
 fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
@@ -668,7 +672,11 @@ macro_rules! impl_catalog_store {
                     .await?)
             }
 
-            async fn take_stock(&self, items: &[StockItem]) -> Result<Vec<TakenItem>, StoreError> {
+            async fn take_stock(
+                &self,
+                order_id: i64,
+                items: &[StockItem],
+            ) -> Result<Vec<TakenItem>, StoreError> {
                 let items = merged(items);
                 let now = now();
                 let mut tx = self.writer.begin().await?;
@@ -711,27 +719,63 @@ macro_rules! impl_catalog_store {
                         }
                     }
                 }
+                let reserved: Vec<(i64, u32)> = items
+                    .iter()
+                    .map(|i| (i.product_id.get(), i.quantity))
+                    .collect();
+                sqlx::query(&self.sql.reserve)
+                    .bind(order_id)
+                    .bind(serde_json::to_string(&reserved).unwrap_or_default())
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| {
+                        conflict_if_taken(e, "reservation for order", &order_id.to_string())
+                    })?;
                 tx.commit().await?;
                 Ok(taken)
             }
 
-            async fn give_back_stock(
-                &self,
-                items: &[StockItem],
-            ) -> Result<Vec<(i64, i64)>, StoreError> {
-                let items = merged(items);
+            async fn release_reservation(&self, order_id: i64) -> Result<(), StoreError> {
+                sqlx::query(&self.sql.unreserve)
+                    .bind(order_id)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+
+            async fn stale_reservations(&self, older_than_ms: u64) -> Result<Vec<i64>, StoreError> {
+                let cutoff = now_ms() - i64::try_from(older_than_ms).unwrap_or(i64::MAX / 2);
+                Ok(sqlx::query_scalar::<_, i64>(&self.sql.stale_reservations)
+                    .bind(cutoff)
+                    .fetch_all(&self.writer)
+                    .await?)
+            }
+
+            async fn give_back_stock(&self, order_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
                 let now = now();
                 let mut tx = self.writer.begin().await?;
+                // Whoever deletes the reservation gives the stock back; anyone else finds nothing.
+                let Some(items) = sqlx::query_scalar::<_, String>(&self.sql.unreserve)
+                    .bind(order_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                else {
+                    tx.rollback().await?;
+                    return Ok(Vec::new());
+                };
+                let items: Vec<(i64, u32)> =
+                    serde_json::from_str(&items).map_err(|e| StoreError::Other(Box::new(e)))?;
                 let mut versions = Vec::with_capacity(items.len());
-                for it in &items {
+                for (product_id, quantity) in items {
                     if let Some(v) = sqlx::query_scalar::<_, i64>(&self.sql.give_stock)
-                        .bind(i64::from(it.quantity))
+                        .bind(i64::from(quantity))
                         .bind(now)
-                        .bind(it.product_id.get())
+                        .bind(product_id)
                         .fetch_optional(&mut *tx)
                         .await?
                     {
-                        versions.push((it.product_id.get(), v));
+                        versions.push((product_id, v));
                     }
                 }
                 tx.commit().await?;

@@ -173,14 +173,26 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// Number of products.
     async fn count_products(&self) -> Result<i64, StoreError>;
 
-    /// Takes the stock of every item in one transaction: all of it or nothing (`InsufficientStock`,
-    /// `UnknownProduct`). Concurrent calls never sell more than the stock. Returns the products' state
-    /// (name, price, new version) as of the taking, in product-id order.
-    async fn take_stock(&self, items: &[StockItem]) -> Result<Vec<TakenItem>, StoreError>;
+    /// Takes the stock of every item for order `order_id` in one transaction: all of it or nothing
+    /// (`InsufficientStock`, `UnknownProduct`), and records a reservation for the order in the same
+    /// transaction. Concurrent calls never sell more than the stock. Returns the products' state (name,
+    /// price, new version) as of the taking, in product-id order.
+    async fn take_stock(
+        &self,
+        order_id: i64,
+        items: &[StockItem],
+    ) -> Result<Vec<TakenItem>, StoreError>;
 
-    /// Puts back stock an order took (an order that could not be completed); returns each product's
-    /// new version, in product-id order. Products deleted since are skipped.
-    async fn give_back_stock(&self, items: &[StockItem]) -> Result<Vec<(i64, i64)>, StoreError>;
+    /// The order is written: its reservation is no longer needed.
+    async fn release_reservation(&self, order_id: i64) -> Result<(), StoreError>;
+
+    /// Puts back the stock reserved for `order_id` (an order that could not be written) and drops the
+    /// reservation, in one transaction; returns each product's new version. Idempotent: a reservation
+    /// already released or given back gives nothing.
+    async fn give_back_stock(&self, order_id: i64) -> Result<Vec<(i64, i64)>, StoreError>;
+
+    /// Reservations older than `older_than_ms` milliseconds (orders that may never have been written).
+    async fn stale_reservations(&self, older_than_ms: u64) -> Result<Vec<i64>, StoreError>;
 
     /// A token naming the database state after this instance's last commit (PostgreSQL: the primary's
     /// WAL position); reads inside [`read_at_least`] with it see that state. `None` on SQLite, which has

@@ -22,6 +22,9 @@ pub(crate) struct Sql {
     pub(crate) take_stock: String,
     pub(crate) give_stock: String,
     pub(crate) stock_of: String,
+    pub(crate) reserve: String,
+    pub(crate) unreserve: String,
+    pub(crate) stale_reservations: String,
     /// Prefix of the multi-row seed insert; rows are appended by a query builder.
     pub(crate) bulk_insert_prefix: String,
     pub(crate) bulk_insert_suffix: String,
@@ -69,6 +72,11 @@ impl Sql {
                     .into(),
             ),
             stock_of: p("SELECT stock FROM products WHERE id = ?".into()),
+            reserve: p("INSERT INTO order_reservations (order_id, items, created_ms) VALUES (?, ?, ?)".into()),
+            unreserve: p("DELETE FROM order_reservations WHERE order_id = ? RETURNING items".into()),
+            stale_reservations: p(
+                "SELECT order_id FROM order_reservations WHERE created_ms <= ? ORDER BY order_id LIMIT 1000".into(),
+            ),
             count_inc: p("UPDATE categories SET product_count = product_count + 1 WHERE slug = ?".into()),
             count_dec_for: p(
                 "UPDATE categories SET product_count = product_count - 1 \

@@ -273,9 +273,11 @@ async fn a_thousand_concurrent_orders_never_oversell_a_stock_of_a_hundred() {
             quantity: 1,
         }];
         let mut tasks = Vec::new();
-        for _ in 0..1000 {
+        for order in 0..1000 {
             let store = store.clone();
-            tasks.push(tokio::spawn(async move { store.take_stock(&item).await }));
+            tasks.push(tokio::spawn(async move {
+                store.take_stock(order + 1, &item).await
+            }));
         }
         let (mut ok, mut refused, mut versions) = (0, 0, Vec::new());
         for t in tasks {
@@ -326,7 +328,7 @@ async fn an_order_takes_all_its_stock_or_none_and_can_give_it_back() {
             ]
         };
         // B is short: nothing is taken, A included.
-        match store.take_stock(&items(2, 2)).await {
+        match store.take_stock(1, &items(2, 2)).await {
             Err(StoreError::InsufficientStock {
                 product_id,
                 available: 1,
@@ -339,20 +341,23 @@ async fn an_order_takes_all_its_stock_or_none_and_can_give_it_back() {
         assert_eq!(store.get_product(id(a.id)).await.unwrap().unwrap().stock, 5);
         // Lines for one product add up; results come in product-id order.
         let taken = store
-            .take_stock(&[
-                StockItem {
-                    product_id: id(a.id),
-                    quantity: 2,
-                },
-                StockItem {
-                    product_id: id(b.id),
-                    quantity: 1,
-                },
-                StockItem {
-                    product_id: id(a.id),
-                    quantity: 1,
-                },
-            ])
+            .take_stock(
+                2,
+                &[
+                    StockItem {
+                        product_id: id(a.id),
+                        quantity: 2,
+                    },
+                    StockItem {
+                        product_id: id(b.id),
+                        quantity: 1,
+                    },
+                    StockItem {
+                        product_id: id(a.id),
+                        quantity: 1,
+                    },
+                ],
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -366,18 +371,61 @@ async fn an_order_takes_all_its_stock_or_none_and_can_give_it_back() {
         // Unknown products are named.
         assert!(matches!(
             store
-                .take_stock(&[StockItem {
-                    product_id: id(999_999),
-                    quantity: 1
-                }])
+                .take_stock(
+                    3,
+                    &[StockItem {
+                        product_id: id(999_999),
+                        quantity: 1
+                    }]
+                )
                 .await,
             Err(StoreError::UnknownProduct(999_999))
         ));
-        // Given back: the stock returns and the versions move on.
-        let versions = store.give_back_stock(&items(3, 1)).await.unwrap();
+        // Order 2 holds a reservation; a refused order (1, 3) left none.
+        assert_eq!(store.stale_reservations(0).await.unwrap(), vec![2]);
+        // Given back by order: the stock returns and the versions move on; twice gives nothing more.
+        let versions = store.give_back_stock(2).await.unwrap();
         assert_eq!(versions.len(), 2);
+        assert!(store.give_back_stock(2).await.unwrap().is_empty());
         let a_now = store.get_product(id(a.id)).await.unwrap().unwrap();
         assert_eq!((a_now.stock, a_now.version), (5, 3));
         assert_eq!(store.get_product(id(b.id)).await.unwrap().unwrap().stock, 1);
+        // A released reservation (the order was written) gives nothing back.
+        store
+            .take_stock(
+                4,
+                &items(1, 0).map(|i| StockItem {
+                    quantity: i.quantity.max(1),
+                    ..i
+                }),
+            )
+            .await
+            .unwrap();
+        store.release_reservation(4).await.unwrap();
+        assert!(store.give_back_stock(4).await.unwrap().is_empty());
+        assert!(store.stale_reservations(0).await.unwrap().is_empty());
+        // The same order id cannot take stock twice.
+        store
+            .take_stock(
+                5,
+                &[StockItem {
+                    product_id: id(a.id),
+                    quantity: 1,
+                }],
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .take_stock(
+                    5,
+                    &[StockItem {
+                        product_id: id(a.id),
+                        quantity: 1
+                    }]
+                )
+                .await,
+            Err(StoreError::Conflict(_))
+        ));
     }
 }

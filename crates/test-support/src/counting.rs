@@ -107,15 +107,19 @@ impl CatalogStore for CountingStore {
     }
     async fn take_stock(
         &self,
+        order_id: i64,
         items: &[tenfold_store::StockItem],
     ) -> Result<Vec<tenfold_store::TakenItem>, StoreError> {
-        self.inner.take_stock(items).await
+        self.inner.take_stock(order_id, items).await
     }
-    async fn give_back_stock(
-        &self,
-        items: &[tenfold_store::StockItem],
-    ) -> Result<Vec<(i64, i64)>, StoreError> {
-        self.inner.give_back_stock(items).await
+    async fn release_reservation(&self, order_id: i64) -> Result<(), StoreError> {
+        self.inner.release_reservation(order_id).await
+    }
+    async fn give_back_stock(&self, order_id: i64) -> Result<Vec<(i64, i64)>, StoreError> {
+        self.inner.give_back_stock(order_id).await
+    }
+    async fn stale_reservations(&self, older_than_ms: u64) -> Result<Vec<i64>, StoreError> {
+        self.inner.stale_reservations(older_than_ms).await
     }
     async fn consistency_token(
         &self,

@@ -177,15 +177,22 @@ pub(crate) async fn place_order(
     }
     let shards = shards(&app)?;
     let store = app.store();
-    let taken = store.take_stock(&items).await?;
+    let id = OrderId::new(
+        bucket_of(new.customer_id),
+        crate::customer::now_ms(),
+        rand::random::<u16>(),
+    );
+    // Takes the stock and records a reservation for this order id, in one transaction.
+    let taken = store.take_stock(id.get(), &items).await?;
     let currency = taken
         .first()
         .map(|t| t.currency.clone())
         .unwrap_or_default();
-    // From here on the stock is taken: any failure gives it back.
+    // From here on the stock is taken: a failure gives it back (and if this process dies first, the
+    // reconciler does, unless the order was written).
     let give_back = || async {
-        if let Err(e) = store.give_back_stock(&items).await {
-            tracing::error!(error = %e, "could not give back the stock of a failed order");
+        if let Err(e) = store.give_back_stock(id.get()).await {
+            tracing::error!(error = %e, order = id.get(), "could not give back the stock of a failed order; the reconciler will");
         }
     };
     if taken.iter().any(|t| t.currency != currency) {
@@ -196,11 +203,7 @@ pub(crate) async fn place_order(
         ));
     }
     let order = Order {
-        id: OrderId::new(
-            bucket_of(new.customer_id),
-            crate::customer::now_ms(),
-            rand::random::<u16>(),
-        ),
+        id,
         customer_id: new.customer_id,
         total_minor: taken
             .iter()
@@ -234,12 +237,42 @@ pub(crate) async fn place_order(
         give_back().await;
         return Err(e.into());
     }
+    if let Err(e) = store.release_reservation(id.get()).await {
+        // The order is written; the reconciler will find it and drop the reservation.
+        tracing::warn!(error = %e, order = id.get(), "could not release an order's reservation");
+    }
     let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id.get())).ok();
     let mut resp = (StatusCode::CREATED, Json(OrderView::from(order))).into_response();
     if let Some(l) = location {
         resp.headers_mut().insert(header::LOCATION, l);
     }
     Ok(resp)
+}
+
+/// Finds reservations older than `older_than_ms` (orders whose placing process may have died): drops those
+/// whose order was written, and gives back the stock of the others. Returns (released, given back).
+pub async fn reconcile_orders(
+    store: &tenfold_store::Store,
+    shards: &OrderShards,
+    older_than_ms: u64,
+) -> Result<(usize, usize), tenfold_store::StoreError> {
+    let (mut released, mut given_back) = (0, 0);
+    for order_id in store.stale_reservations(older_than_ms).await? {
+        let Some(id) = OrderId::from_i64(order_id) else {
+            continue;
+        };
+        if shards.get(id).await?.is_some() {
+            store.release_reservation(order_id).await?;
+            released += 1;
+        } else if !store.give_back_stock(order_id).await?.is_empty() {
+            tracing::warn!(
+                order = order_id,
+                "gave back the stock of an order that was never written"
+            );
+            given_back += 1;
+        }
+    }
+    Ok((released, given_back))
 }
 
 /// An order, read from the shard its id names (only by the customer who placed it).

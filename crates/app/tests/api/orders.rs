@@ -258,3 +258,75 @@ async fn a_thousand_concurrent_orders_for_a_stock_of_a_hundred_sell_a_hundred() 
     assert_eq!(get_json(app.url("/api/products/2")).await["stock"], 0);
     app.stop().await;
 }
+
+/// A process that dies between taking the stock and writing the order leaves a reservation; the
+/// reconciler gives that stock back, and only drops the reservation of an order that was written.
+#[tokio::test]
+async fn the_reconciler_gives_back_the_stock_of_orders_that_were_never_written() {
+    use tenfold_store::shards::{bucket_of, OrderId};
+    use tenfold_store::{Order, OrderLine, StockItem};
+    let db = TestDb::new(Engine::Sqlite).await;
+    let store = db.store().await;
+    tenfold_seed::seed(&store, 3, 1, false).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let shards = shards_in(dir.path(), 2).await;
+    let before = store
+        .get_product(tenfold_catalog::ProductId::new(1).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .stock;
+    let item = [StockItem {
+        product_id: tenfold_catalog::ProductId::new(1).unwrap(),
+        quantity: 1,
+    }];
+    // "Crashed" after taking the stock: no order.
+    let lost = OrderId::new(bucket_of(7), 1_800_000_000_000, 1);
+    store.take_stock(lost.get(), &item).await.unwrap();
+    // Crashed after writing the order, before releasing the reservation.
+    let written = OrderId::new(bucket_of(8), 1_800_000_000_000, 2);
+    let taken = store.take_stock(written.get(), &item).await.unwrap();
+    shards
+        .insert(&Order {
+            id: written,
+            customer_id: 8,
+            lines: vec![OrderLine {
+                product_id: 1,
+                name: taken[0].name.clone(),
+                price_minor: taken[0].price_minor,
+                quantity: 1,
+            }],
+            total_minor: taken[0].price_minor,
+            currency: taken[0].currency.clone(),
+            created_at: "2027-01-15T08:00:00Z".into(),
+        })
+        .await
+        .unwrap();
+    // Young reservations are left alone (their requests may still be running).
+    assert_eq!(
+        tenfold_app::reconcile_orders(&store, &shards, 60_000)
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    assert_eq!(
+        tenfold_app::reconcile_orders(&store, &shards, 0)
+            .await
+            .unwrap(),
+        (1, 1)
+    );
+    let after = store
+        .get_product(tenfold_catalog::ProductId::new(1).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .stock;
+    assert_eq!(after, before - 1, "only the written order keeps its stock");
+    assert!(store.stale_reservations(0).await.unwrap().is_empty());
+    assert_eq!(
+        tenfold_app::reconcile_orders(&store, &shards, 0)
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+}
