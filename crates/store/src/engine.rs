@@ -382,6 +382,50 @@ fn pool_stats<DB: Database>(name: &'static str, pool: &Pool<DB>) -> PoolStats {
 macro_rules! impl_catalog_store {
     ($db:ty) => {
         impl SqlStore<$db> {
+            async fn shard_map_once(
+                &self,
+                initial: &crate::shards::ShardMap,
+            ) -> Result<crate::shards::ShardMap, StoreError> {
+                let mut tx = self.writer.begin().await?;
+                let meta = sqlx::query_as::<_, (i64, i64)>(&self.sql.shard_meta)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let (version, shards) = match meta {
+                    Some(m) => {
+                        tx.rollback().await?;
+                        m
+                    }
+                    None => {
+                        sqlx::query(&self.sql.insert_shard_meta)
+                            .bind(initial.version() as i64)
+                            .bind(i64::from(initial.shards()))
+                            .execute(&mut *tx)
+                            .await?;
+                        for (b, s) in initial.entries().iter().enumerate() {
+                            sqlx::query(&self.sql.insert_shard_entry)
+                                .bind(b as i64)
+                                .bind(i64::from(*s))
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        tx.commit().await?;
+                        return Ok(initial.clone());
+                    }
+                };
+                if shards != i64::from(initial.shards()) {
+                    return Err(StoreError::Conflict(format!(
+                        "the stored shard map places buckets on {shards} shards, but {} shard URLs are configured",
+                        initial.shards()
+                    )));
+                }
+                let rows = sqlx::query_as::<_, (i64, i64)>(&self.sql.shard_entries)
+                    .fetch_all(&self.writer)
+                    .await?;
+                let entries: Vec<u16> = rows.iter().map(|&(_, s)| s as u16).collect();
+                crate::shards::ShardMap::from_parts(version as u64, shards as u16, entries)
+                    .map_err(|e| StoreError::Other(Box::new(e)))
+            }
+
             /// Tells a missing row from a stale version after a conditional write matched nothing.
             async fn missing_or_stale(&self, id: ProductId) -> StoreError {
                 match sqlx::query_scalar::<_, i64>(&self.sql.version_of)
@@ -734,6 +778,24 @@ macro_rules! impl_catalog_store {
                     })?;
                 tx.commit().await?;
                 Ok(taken)
+            }
+
+            async fn shard_map(
+                &self,
+                initial: &crate::shards::ShardMap,
+            ) -> Result<crate::shards::ShardMap, StoreError> {
+                // Several instances may start at once and race to store the first map: the losers (a
+                // unique violation, or SQLite's lock) read what the winner stored.
+                let mut attempt = 0;
+                loop {
+                    match self.shard_map_once(initial).await {
+                        Err(StoreError::Unavailable(_) | StoreError::Other(_)) if attempt < 20 => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+                        }
+                        r => return r,
+                    }
+                }
             }
 
             async fn release_reservation(&self, order_id: i64) -> Result<(), StoreError> {

@@ -194,6 +194,11 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// Reservations older than `older_than_ms` milliseconds (orders that may never have been written).
     async fn stale_reservations(&self, older_than_ms: u64) -> Result<Vec<i64>, StoreError>;
 
+    /// The stored bucket-to-shard map; the first call stores `initial` (later calls return what is stored,
+    /// so every instance routes alike). `Conflict` when the stored map has another number of shards than
+    /// `initial` (shards are added by moving buckets, not by editing the URL list).
+    async fn shard_map(&self, initial: &shards::ShardMap) -> Result<shards::ShardMap, StoreError>;
+
     /// A token naming the database state after this instance's last commit (PostgreSQL: the primary's
     /// WAL position); reads inside [`read_at_least`] with it see that state. `None` on SQLite, which has
     /// no replicas.

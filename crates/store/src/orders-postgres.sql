@@ -4,7 +4,7 @@
 CREATE TABLE IF NOT EXISTS orders (
     id          BIGINT PRIMARY KEY,           -- carries its bucket (see shards.rs)
     customer_id BIGINT NOT NULL,
-    bucket      INTEGER NOT NULL,
+    bucket      BIGINT NOT NULL,
     items       TEXT NOT NULL,                -- JSON: [{product_id, name, price_minor, quantity}]
     total_minor BIGINT NOT NULL,
     currency    TEXT NOT NULL,

@@ -86,9 +86,10 @@ pub struct OrderShards {
 }
 
 impl OrderShards {
-    /// Opens every shard (creating SQLite files and the orders table where missing). Buckets are spread
-    /// evenly over the shards, in the order given.
+    /// Opens every shard (creating SQLite files and the orders table where missing), placing buckets by
+    /// the catalog's stored shard map (stored on first use: buckets spread evenly, in the order given).
     pub async fn connect(
+        catalog: &dyn crate::CatalogStore,
         urls: &[String],
         acquire_timeout: Duration,
     ) -> Result<OrderShards, StoreError> {
@@ -145,7 +146,8 @@ impl OrderShards {
             shards.push(pool);
         }
         let n = u16::try_from(shards.len()).unwrap_or(u16::MAX);
-        let map = ShardMap::even(n).map_err(|e| StoreError::setup("placing buckets", e))?;
+        let even = ShardMap::even(n).map_err(|e| StoreError::setup("placing buckets", e))?;
+        let map = catalog.shard_map(&even).await?;
         Ok(OrderShards { shards, map })
     }
 

@@ -23,6 +23,10 @@ pub(crate) struct Sql {
     pub(crate) give_stock: String,
     pub(crate) stock_of: String,
     pub(crate) reserve: String,
+    pub(crate) shard_meta: String,
+    pub(crate) insert_shard_meta: String,
+    pub(crate) insert_shard_entry: String,
+    pub(crate) shard_entries: String,
     pub(crate) unreserve: String,
     pub(crate) stale_reservations: String,
     /// Prefix of the multi-row seed insert; rows are appended by a query builder.
@@ -72,6 +76,10 @@ impl Sql {
                     .into(),
             ),
             stock_of: p("SELECT stock FROM products WHERE id = ?".into()),
+            shard_meta: "SELECT version, shards FROM shard_map_meta WHERE id = 1".into(),
+            insert_shard_meta: p("INSERT INTO shard_map_meta (id, version, shards) VALUES (1, ?, ?)".into()),
+            insert_shard_entry: p("INSERT INTO shard_map (bucket, shard) VALUES (?, ?)".into()),
+            shard_entries: "SELECT bucket, shard FROM shard_map ORDER BY bucket".into(),
             reserve: p("INSERT INTO order_reservations (order_id, items, created_ms) VALUES (?, ?, ?)".into()),
             unreserve: p("DELETE FROM order_reservations WHERE order_id = ? RETURNING items".into()),
             stale_reservations: p(

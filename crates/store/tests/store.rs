@@ -429,3 +429,73 @@ async fn an_order_takes_all_its_stock_or_none_and_can_give_it_back() {
         ));
     }
 }
+
+#[tokio::test]
+async fn the_shard_map_is_stored_once_and_read_back() {
+    use tenfold_store::shards::{Bucket, ShardMap};
+    for engine in engines() {
+        let db = TestDb::new(engine).await;
+        let store = db.store().await;
+        let first = store.shard_map(&ShardMap::even(4).unwrap()).await.unwrap();
+        assert_eq!(first, ShardMap::even(4).unwrap());
+        // Another initial map with the same shard count does not replace the stored one.
+        let moved = ShardMap::even(4)
+            .unwrap()
+            .with_move(Bucket::new(0).unwrap(), 3)
+            .unwrap();
+        assert_eq!(store.shard_map(&moved).await.unwrap(), first, "{engine:?}");
+        assert!(matches!(
+            store.shard_map(&ShardMap::even(2).unwrap()).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+}
+
+#[tokio::test]
+async fn orders_round_trip_on_a_shard_of_every_engine() {
+    use tenfold_store::shards::{bucket_of, OrderId};
+    use tenfold_store::{Order, OrderLine, OrderShards};
+    for engine in engines() {
+        let db = TestDb::new(engine).await;
+        let store = db.store().await;
+        // One shard, in the catalog's own database.
+        let shards = OrderShards::connect(
+            store.as_ref(),
+            std::slice::from_ref(&db.url),
+            std::time::Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+        let mut ids = Vec::new();
+        for n in 0..3u16 {
+            let id = OrderId::new(bucket_of(42), 1_800_000_000_000 + u64::from(n), n);
+            let o = Order {
+                id,
+                customer_id: 42,
+                lines: vec![OrderLine {
+                    product_id: 7,
+                    name: "Lamp".into(),
+                    price_minor: 1999,
+                    quantity: 2,
+                }],
+                total_minor: 3998,
+                currency: "EUR".into(),
+                created_at: "2027-01-15T08:00:00Z".into(),
+            };
+            shards.insert(&o).await.unwrap();
+            shards.insert(&o).await.unwrap(); // idempotent
+            assert_eq!(shards.get(id).await.unwrap(), Some(o));
+            ids.push(id.get());
+        }
+        let page = shards.by_customer(42, None, 2).await.unwrap();
+        assert_eq!(
+            page.iter().map(|o| o.id.get()).collect::<Vec<_>>(),
+            vec![ids[2], ids[1]],
+            "{engine:?}"
+        );
+        let rest = shards.by_customer(42, Some(ids[1]), 2).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(shards.counts().await.unwrap(), vec![3]);
+        assert!(shards.by_customer(43, None, 10).await.unwrap().is_empty());
+    }
+}

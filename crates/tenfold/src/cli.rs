@@ -45,6 +45,13 @@ pub(crate) struct Global {
     pub(crate) shard_urls: Vec<String>,
 }
 
+/// What `tenfold shards` does.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum ShardsAction {
+    /// The shard map's version, and buckets and orders per shard.
+    Status,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum LogFormatArg {
     Text,
@@ -105,6 +112,11 @@ pub(crate) enum Command {
     Restart {
         #[command(flatten)]
         admin: AdminTarget,
+    },
+    /// Order shards: `tenfold shards status` shows buckets and orders per shard.
+    Shards {
+        #[command(subcommand)]
+        action: ShardsAction,
     },
     /// Fill the database with a deterministic demo catalog (safe to run twice).
     Seed {

@@ -120,6 +120,40 @@ pub(crate) async fn run(
         }
         Command::Scale { spec, admin } => crate::up::scale(&spec, admin).await,
         Command::Restart { admin } => crate::up::restart(admin).await,
+        Command::Shards {
+            action: crate::cli::ShardsAction::Status,
+        } => {
+            let store = open_store(&config, true).await?;
+            let urls = config.database.order_shard_urls();
+            let shards = tenfold_store::OrderShards::connect(
+                store.as_ref(),
+                &urls,
+                Duration::from_millis(config.database.acquire_timeout_ms),
+            )
+            .await
+            .context("cannot open the order shards")?;
+            let buckets = shards.map().buckets_per_shard();
+            let orders = shards.counts().await?;
+            println!(
+                "shard map version {}: {} buckets over {} shards",
+                shards.map().version(),
+                tenfold_store::shards::BUCKETS,
+                shards.map().shards()
+            );
+            println!("{:>5}  {:>7}  {:>9}  url", "shard", "buckets", "orders");
+            for (i, url) in urls.iter().enumerate() {
+                println!(
+                    "{i:>5}  {:>7}  {:>9}  {}",
+                    buckets.get(i).copied().unwrap_or(0),
+                    orders.get(i).copied().unwrap_or(0),
+                    tenfold_config::mask_password(url)
+                );
+            }
+            println!("moves in progress: none");
+            shards.close().await;
+            store.close().await;
+            Ok(())
+        }
         Command::App {
             exit_on_stdin_eof, ..
         } => {
@@ -137,6 +171,7 @@ pub(crate) async fn run(
             let app =
                 tenfold_app::App::with_cache(store.clone(), config.http.clone(), &config.cache);
             let shards = tenfold_store::OrderShards::connect(
+                store.as_ref(),
                 &config.database.order_shard_urls(),
                 Duration::from_millis(config.database.acquire_timeout_ms),
             )

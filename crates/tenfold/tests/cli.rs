@@ -468,3 +468,33 @@ fn seeding_under_a_running_instance_refreshes_its_cached_lists() {
     sigterm(&app);
     wait_exit(&mut app, Duration::from_secs(10));
 }
+
+#[test]
+fn shards_status_shows_the_stored_map_and_refuses_a_changed_shard_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = |shards: &[&str]| {
+        let mut c = tenfold(dir.path());
+        c.args(["shards", "status"]);
+        for s in shards {
+            c.args(["--shard-url", s]);
+        }
+        c.output().unwrap()
+    };
+    let two = ["sqlite://data/orders-a.db", "sqlite://data/orders-b.db"];
+    let out = status(&two);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1024 buckets over 2 shards"), "{text}");
+    assert_eq!(text.matches("  512  ").count(), 2, "{text}");
+    // The map is stored: the same answer again, and one shard fewer is refused with a clear line.
+    assert!(status(&two).status.success());
+    let out = status(&two[..1]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("places buckets on 2 shards"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

@@ -112,6 +112,12 @@ impl CatalogStore for CountingStore {
     ) -> Result<Vec<tenfold_store::TakenItem>, StoreError> {
         self.inner.take_stock(order_id, items).await
     }
+    async fn shard_map(
+        &self,
+        initial: &tenfold_store::shards::ShardMap,
+    ) -> Result<tenfold_store::shards::ShardMap, StoreError> {
+        self.inner.shard_map(initial).await
+    }
     async fn release_reservation(&self, order_id: i64) -> Result<(), StoreError> {
         self.inner.release_reservation(order_id).await
     }

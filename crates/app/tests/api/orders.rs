@@ -9,12 +9,16 @@ use tenfold_test_support::{spawn_app_full, CacheConfig, Engine, HttpConfig, Test
 
 use crate::helpers::{auth, client, get_json};
 
-async fn shards_in(dir: &std::path::Path, n: usize) -> Arc<OrderShards> {
+async fn shards_in(
+    catalog: &tenfold_store::Store,
+    dir: &std::path::Path,
+    n: usize,
+) -> Arc<OrderShards> {
     let urls: Vec<String> = (0..n)
         .map(|i| format!("sqlite://{}/orders-{i}.db", dir.display()))
         .collect();
     Arc::new(
-        OrderShards::connect(&urls, std::time::Duration::from_secs(3))
+        OrderShards::connect(catalog.as_ref(), &urls, std::time::Duration::from_secs(3))
             .await
             .unwrap(),
     )
@@ -50,7 +54,7 @@ async fn orders_are_placed_with_a_snapshot_and_read_only_by_their_customer() {
     let store = db.store().await;
     tenfold_seed::seed(&store, 20, 1, false).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let shards = shards_in(dir.path(), 2).await;
+    let shards = shards_in(&store, dir.path(), 2).await;
     let app = spawn_app_full(
         store,
         HttpConfig::default(),
@@ -216,10 +220,10 @@ async fn a_thousand_concurrent_orders_for_a_stock_of_a_hundred_sell_a_hundred() 
     tenfold_seed::seed(&store, 3, 1, false).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let app = spawn_app_full(
-        store,
+        store.clone(),
         HttpConfig::default(),
         &CacheConfig::default(),
-        Some(shards_in(dir.path(), 2).await),
+        Some(shards_in(&store, dir.path(), 2).await),
     )
     .await;
     crate::helpers::patch_product(&app, 2, json!({"stock": 100})).await;
@@ -269,7 +273,7 @@ async fn the_reconciler_gives_back_the_stock_of_orders_that_were_never_written()
     let store = db.store().await;
     tenfold_seed::seed(&store, 3, 1, false).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let shards = shards_in(dir.path(), 2).await;
+    let shards = shards_in(&store, dir.path(), 2).await;
     let before = store
         .get_product(tenfold_catalog::ProductId::new(1).unwrap())
         .await
