@@ -43,7 +43,8 @@ pub use observe::X_REQUEST_ID;
 pub use routes::customers::{CustomerIdentity, CustomerToken, TokenRequest};
 pub use routes::ops::Status;
 pub use routes::orders::{
-    reconcile_orders, NewOrder, NewOrderLine, OrderLineView, OrderPage, OrderView,
+    reconcile_orders, DayRevenueView, NewOrder, NewOrderLine, OrderLineView, OrderPage, OrderView,
+    RevenueReport,
 };
 pub use routes::products::{CategoryList, ProductPage};
 
@@ -165,6 +166,7 @@ impl App {
             .routes(routes!(orders::place_order))
             .routes(routes!(orders::get_order))
             .routes(routes!(orders::customer_orders))
+            .routes(routes!(orders::revenue))
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::metrics))

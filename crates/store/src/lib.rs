@@ -29,7 +29,7 @@ pub use cursor::Cursor;
 pub use engine::{connect, ConnectOptions, Engine};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedError, FeedEvent};
-pub use orders::{Order, OrderLine, OrderShards};
+pub use orders::{DayRevenue, Order, OrderLine, OrderShards};
 pub use replicas::{read_at_least, ConsistencyToken};
 
 /// A shared handle to the catalog store; cheap to clone.

@@ -41,6 +41,19 @@ pub struct Order {
     pub created_at: String,
 }
 
+/// One day's revenue in one currency, over every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayRevenue {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Sum of the orders' totals, in minor units.
+    pub total_minor: i64,
+    /// How many orders.
+    pub orders: i64,
+}
+
 enum ShardPool {
     Sqlite(Pool<Sqlite>),
     Postgres(Pool<Postgres>),
@@ -214,6 +227,53 @@ impl OrderShards {
             }
         );
         rows.into_iter().map(order_of).collect()
+    }
+
+    /// Revenue per day (UTC) and currency over every shard: the shards are asked in parallel and their
+    /// answers merged. `from`/`to`: inclusive `YYYY-MM-DD` bounds.
+    pub async fn revenue_by_day(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<DayRevenue>, StoreError> {
+        let sql = "SELECT substr(created_at, 1, 10) AS day, currency, sum(total_minor), count(*) \
+                   FROM orders WHERE created_at >= ? AND created_at < ? \
+                   GROUP BY substr(created_at, 1, 10), currency";
+        let lo = from.unwrap_or("0000-00-00").to_owned();
+        // Every timestamp of day `to` sorts below "<to>~" ('~' follows every digit, 'T' and 'Z').
+        let hi = format!("{}~", to.unwrap_or("9999-99-99"));
+        let per_shard = futures::future::join_all(self.shards.iter().map(|s| {
+            let (lo, hi) = (lo.clone(), hi.clone());
+            async move {
+                let rows: Vec<(String, String, i64, i64)> = on_shard!(s, |p, ph| {
+                    sqlx::query_as(&ph(sql))
+                        .bind(&lo)
+                        .bind(&hi)
+                        .fetch_all(p)
+                        .await?
+                });
+                Ok::<_, StoreError>(rows)
+            }
+        }))
+        .await;
+        let mut merged: std::collections::BTreeMap<(String, String), (i64, i64)> =
+            Default::default();
+        for rows in per_shard {
+            for (day, currency, total, n) in rows? {
+                let e = merged.entry((day, currency)).or_default();
+                e.0 += total;
+                e.1 += n;
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|((day, currency), (total_minor, orders))| DayRevenue {
+                day,
+                currency,
+                total_minor,
+                orders,
+            })
+            .collect())
     }
 
     /// Orders per shard (for status and tests).

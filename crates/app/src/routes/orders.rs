@@ -370,3 +370,83 @@ pub(crate) async fn customer_orders(
         next_before,
     }))
 }
+
+/// Query of the revenue report.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RevenueQuery {
+    /// First day, `YYYY-MM-DD` (UTC), inclusive.
+    #[param(nullable = false, pattern = r"^\d{4}-\d{2}-\d{2}$")]
+    from: Option<String>,
+    /// Last day, `YYYY-MM-DD` (UTC), inclusive.
+    #[param(nullable = false, pattern = r"^\d{4}-\d{2}-\d{2}$")]
+    to: Option<String>,
+}
+
+/// One day's revenue in one currency.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DayRevenueView {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// Sum of the orders' totals, in minor units.
+    pub total_minor: i64,
+    /// How many orders.
+    pub orders: i64,
+}
+
+/// The revenue report.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RevenueReport {
+    /// By day, then currency.
+    pub days: Vec<DayRevenueView>,
+}
+
+/// Revenue by day over every shard (asked in parallel, merged); API key required.
+#[utoipa::path(
+    get,
+    path = "/api/admin/revenue",
+    tag = "orders",
+    params(RevenueQuery),
+    security(("api_key" = [])),
+    responses(
+        (status = 200, description = "Revenue by day and currency", body = RevenueReport),
+        (status = 400, description = "Malformed query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Wrong API key", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid days", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn revenue(
+    State(app): State<App>,
+    _w: crate::extract::Writer,
+    ApiQuery(q): ApiQuery<RevenueQuery>,
+) -> ApiResult<Json<RevenueReport>> {
+    let mut errs = ValidationErrors::default();
+    for (field, v) in [("from", &q.from), ("to", &q.to)] {
+        if let Some(d) = v {
+            if chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_err() || d.len() != 10 {
+                let _: Option<()> = errs.check(
+                    field,
+                    Err(format!("{field} must be a day such as 2027-01-15")),
+                );
+            }
+        }
+    }
+    if !errs.0.is_empty() {
+        return Err(ApiError::Validation(errs));
+    }
+    let days = shards(&app)?
+        .revenue_by_day(q.from.as_deref(), q.to.as_deref())
+        .await?
+        .into_iter()
+        .map(|d| DayRevenueView {
+            day: d.day,
+            currency: d.currency,
+            total_minor: d.total_minor,
+            orders: d.orders,
+        })
+        .collect();
+    Ok(Json(RevenueReport { days }))
+}
