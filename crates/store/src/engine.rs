@@ -728,7 +728,7 @@ macro_rules! impl_catalog_store {
                 for it in &items {
                     let q = i64::from(it.quantity);
                     let row =
-                        sqlx::query_as::<_, (i64, String, i64, String, i64)>(&self.sql.take_stock)
+                        sqlx::query_as::<_, (i64, String, i64, String, i64, String)>(&self.sql.take_stock)
                             .bind(q)
                             .bind(now)
                             .bind(it.product_id.get())
@@ -736,7 +736,7 @@ macro_rules! impl_catalog_store {
                             .fetch_optional(&mut *tx)
                             .await?;
                     match row {
-                        Some((product_id, name, price_minor, currency, version)) => {
+                        Some((product_id, name, price_minor, currency, version, category)) => {
                             taken.push(TakenItem {
                                 product_id,
                                 name,
@@ -744,6 +744,7 @@ macro_rules! impl_catalog_store {
                                 currency,
                                 quantity: it.quantity,
                                 version,
+                                category,
                             })
                         }
                         None => {

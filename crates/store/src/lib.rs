@@ -84,6 +84,8 @@ pub struct TakenItem {
     pub quantity: u32,
     /// The product's version after the stock was taken.
     pub version: i64,
+    /// Its category (whose list pages show the stock).
+    pub category: String,
 }
 
 /// Whether the store can serve: the database answers and every migration is applied.

@@ -67,7 +67,7 @@ impl Sql {
             version_of: p("SELECT version FROM products WHERE id = ?".into()),
             take_stock: p(
                 "UPDATE products SET stock = stock - ?, version = version + 1, updated_at = ? \
-                 WHERE id = ? AND stock >= ? RETURNING id, name, price_minor, currency, version"
+                 WHERE id = ? AND stock >= ? RETURNING id, name, price_minor, currency, version, category"
                     .into(),
             ),
             give_stock: p(

@@ -228,8 +228,11 @@ pub(crate) async fn place_order(
                 .iter()
                 .map(|t| (t.product_id, Some(t.version)))
                 .collect(),
-            tags: vec![cached::list_tag(None)],
-            all_lists: true,
+            // The pages that show these products' stock: the unfiltered lists and their categories'.
+            tags: std::iter::once(cached::list_tag(None))
+                .chain(taken.iter().map(|t| cached::list_tag(Some(&t.category))))
+                .collect(),
+            all_lists: false,
         })
         .await;
     if let Err(e) = shards.insert(&order).await {

@@ -64,6 +64,12 @@ async fn orders_are_placed_with_a_snapshot_and_read_only_by_their_customer() {
     .await;
     let (t5, t6) = (token(&app, 5).await, token(&app, 6).await);
     let p1 = get_json(app.url("/api/products/1")).await;
+    // Cache the category's list page before the order.
+    get_json(app.url(&format!(
+        "/api/products?category={}&limit=100",
+        p1["category"].as_str().unwrap()
+    )))
+    .await;
     let p2 = get_json(app.url("/api/products/2")).await;
 
     let r = order(
@@ -88,6 +94,21 @@ async fn orders_are_placed_with_a_snapshot_and_read_only_by_their_customer() {
     assert_eq!(
         after["stock"].as_i64().unwrap(),
         p1["stock"].as_i64().unwrap() - 2
+    );
+    let page = get_json(app.url(&format!(
+        "/api/products?category={}&limit=100",
+        p1["category"].as_str().unwrap()
+    )))
+    .await;
+    let listed = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == 1)
+        .unwrap();
+    assert_eq!(
+        listed["stock"], after["stock"],
+        "the cached list page shows the new stock"
     );
 
     // The snapshot stays when the product changes later.
