@@ -399,7 +399,8 @@ async fn with_redis_a_thousand_misses_over_two_instances_read_the_database_once(
     let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
     let real = db.store().await;
     tenfold_seed::seed(&real, 20, 1, false).await.unwrap();
-    let counting = CountingStore::slow(real, Duration::from_millis(200));
+    // 100 ms per read: well inside the 300 ms another instance waits on the lease.
+    let counting = CountingStore::slow(real, Duration::from_millis(100));
     let a = spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await;
     let b = spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await;
     // Both connect to Redis in the background.
