@@ -95,9 +95,10 @@ impl TestDb {
 
     /// Opens and migrates a store on this database.
     pub async fn store(&self) -> Store {
-        let store = connect(&ConnectOptions::new(&self.url))
-            .await
-            .expect("connect");
+        let mut options = ConnectOptions::new(&self.url);
+        // Generous: a loaded test machine can be slow to hand out the first connections.
+        options.acquire_timeout = Duration::from_secs(15);
+        let store = connect(&options).await.expect("connect");
         store.migrate().await.expect("migrate");
         store
     }

@@ -388,6 +388,9 @@ fn with_redis() -> Option<CacheConfig> {
     let url = std::env::var("TENFOLD_TEST_REDIS_URL").ok()?;
     Some(CacheConfig {
         redis_url: Some(url.into()),
+        // These tests are about coordination through Redis, not about its deadline: a loaded machine
+        // must not turn a slow answer into "Redis is down".
+        redis_timeout_ms: 1_000,
         redis_prefix: format!("tenfold-test:{}:", rand::random::<u64>()),
         ..CacheConfig::default()
     })
