@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tenfold_cache::{Cache, Change, ChangeFeed, Key, Message, Settings, Source, Value};
 
 mod common;
-use common::{eventually, present, LocalBus, Row};
+use common::{eventually, present, until_reloaded, LocalBus, Row};
 
 fn cache() -> Cache {
     Cache::new(Settings {
@@ -208,18 +208,7 @@ async fn a_heartbeat_reveals_a_lost_last_message() {
     assert_eq!(s, Source::Hit, "a heartbeat that matches is no loss");
     // Message 2 never arrives; the heartbeat says the sender is at 2.
     send(2, true).await;
-    eventually(Duration::from_secs(5), "B flushed", || {
-        let b = b.clone();
-        let row = row.clone();
-        async move {
-            b.get_or_load(Key::Product(1), row.loader())
-                .await
-                .unwrap()
-                .1
-                == Source::Loaded
-        }
-    })
-    .await;
+    until_reloaded(&b, Key::Product(1), &row).await;
 }
 
 #[tokio::test]
@@ -386,18 +375,7 @@ async fn invalidations_reach_other_instances_and_gaps_flush() {
             .unwrap();
     }
     // B flushed: its next read of product 2 goes to the database again.
-    eventually(Duration::from_secs(5), "B flushed", || {
-        let b = b.clone();
-        let row = row.clone();
-        async move {
-            b.get_or_load(Key::Product(2), row.loader())
-                .await
-                .unwrap()
-                .1
-                == Source::Loaded
-        }
-    })
-    .await;
+    until_reloaded(&b, Key::Product(2), &row).await;
 }
 
 #[test]
@@ -446,15 +424,7 @@ async fn a_reconnect_is_no_loss_while_another_feed_stayed_up_and_tombstones_surv
     })
     .await;
     one.lose();
-    eventually(Duration::from_secs(5), "flushed", || {
-        let b = b.clone();
-        let row = row.clone();
-        async move {
-            let (_, s) = b.get_or_load(Key::Product(1), row.loader()).await.unwrap();
-            s == Source::Loaded
-        }
-    })
-    .await;
+    until_reloaded(&b, Key::Product(1), &row).await;
     let straggler = Row::new(4, 0);
     b.get_or_load(Key::Product(2), straggler.loader())
         .await

@@ -53,6 +53,20 @@ pub(crate) async fn open_store(config: &Config, migrate: bool) -> anyhow::Result
     Ok(store)
 }
 
+/// Opens the order shards the configuration names, placing buckets by the catalog's stored map.
+async fn open_order_shards(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<tenfold_store::OrderShards> {
+    tenfold_store::OrderShards::connect(
+        store.as_ref(),
+        &config.database.order_shard_urls(),
+        Duration::from_millis(config.database.acquire_timeout_ms),
+    )
+    .await
+    .context("cannot open the order shards")
+}
+
 pub(crate) async fn run(
     command: Command,
     config: Config,
@@ -125,13 +139,7 @@ pub(crate) async fn run(
         } => {
             let store = open_store(&config, true).await?;
             let urls = config.database.order_shard_urls();
-            let shards = tenfold_store::OrderShards::connect(
-                store.as_ref(),
-                &urls,
-                Duration::from_millis(config.database.acquire_timeout_ms),
-            )
-            .await
-            .context("cannot open the order shards")?;
+            let shards = open_order_shards(&config, &store).await?;
             let buckets = shards.map().buckets_per_shard();
             let orders = shards.counts().await?;
             println!(
@@ -170,13 +178,7 @@ pub(crate) async fn run(
             tracing::info!(%addr, database = %tenfold_config::mask_password(config.database.url.expose_secret()), "serving");
             let app =
                 tenfold_app::App::with_cache(store.clone(), config.http.clone(), &config.cache);
-            let shards = tenfold_store::OrderShards::connect(
-                store.as_ref(),
-                &config.database.order_shard_urls(),
-                Duration::from_millis(config.database.acquire_timeout_ms),
-            )
-            .await
-            .context("cannot open the order shards")?;
+            let shards = open_order_shards(&config, &store).await?;
             app.set_order_shards(std::sync::Arc::new(shards));
             let stop = async move {
                 if exit_on_stdin_eof {

@@ -115,14 +115,7 @@ async fn catalog_reads_carry_validators_and_may_be_cached_by_clients() {
     assert_eq!(version_via(&app, id).await, Some(2));
 
     // The cache reports itself.
-    let m = client()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = crate::helpers::metrics_text(&app).await;
     for series in [
         "cache_requests_total{tier=\"l1\",result=\"hit\"}",
         "cache_requests_total{tier=\"l1\",result=\"miss\"}",

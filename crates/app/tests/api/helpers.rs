@@ -31,6 +31,18 @@ pub(crate) async fn patch_product(app: &TestApp, id: i64, body: Value) -> Respon
     r
 }
 
+/// The Prometheus text of an instance's `/metrics`.
+pub(crate) async fn metrics_text(app: &TestApp) -> String {
+    client()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub(crate) fn auth() -> String {
     format!("Bearer {TEST_API_KEY}")
 }

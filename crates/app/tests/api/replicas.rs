@@ -23,6 +23,12 @@ async fn open(cluster: &PgCluster, replicas: &[String], max_lag: Duration) -> St
     connect(&o).await.unwrap()
 }
 
+/// The `server` label the store's metrics give a replica: its `host:port`.
+fn server_label(url: &str) -> &str {
+    url.trim_start_matches("postgres://postgres@")
+        .trim_end_matches("/tenfold")
+}
+
 /// Migrates and seeds the primary.
 async fn prepare(cluster: &PgCluster, products: u64) {
     let primary = open(cluster, &[], Duration::from_secs(1)).await;
@@ -93,17 +99,8 @@ async fn read_your_writes_across_instances_through_a_delayed_replica() {
     for id in 1..=20 {
         stock_via(&b, id, None).await;
     }
-    let metrics = client()
-        .get(b.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let replica = cluster.replicas[0]
-        .trim_start_matches("postgres://postgres@")
-        .trim_end_matches("/tenfold");
+    let metrics = crate::helpers::metrics_text(&b).await;
+    let replica = server_label(&cluster.replicas[0]);
     assert!(
         !metrics.contains(&format!("db_replica_errors_total{{server=\"{replica}\"}}")),
         "a replica that had not replayed the schema got reads"
@@ -227,18 +224,9 @@ async fn a_replica_killed_under_read_load_fails_no_read() {
     }
     assert!(total > 100, "only {total} reads ran");
     // The replicas did serve reads (their ports make these series this test's own).
-    let metrics = client()
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(&app).await;
     for r in &cluster.replicas {
-        let server = r
-            .trim_start_matches("postgres://postgres@")
-            .trim_end_matches("/tenfold");
+        let server = server_label(r);
         let served: f64 = metrics
             .lines()
             .find(|l| l.starts_with(&format!("db_reads_total{{server=\"{server}\"}}")))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tenfold_cache::{ChangeFeed, FeedError, FeedEvent, Value};
+use tenfold_cache::{Cache, ChangeFeed, FeedError, FeedEvent, Key, Source, Value};
 
 /// The cached form of version `v` of the row.
 pub(crate) fn present(v: i64) -> Value {
@@ -124,4 +124,13 @@ impl ChangeFeed for LocalBus {
             }
         }
     }
+}
+
+/// Waits until `cache` loads `key` again (from `row`) instead of answering from L1: it has flushed.
+pub(crate) async fn until_reloaded(cache: &Cache, key: Key, row: &Row) {
+    eventually(Duration::from_secs(5), "the cache flushed", || {
+        let (cache, key, row) = (cache.clone(), key.clone(), row.clone());
+        async move { cache.get_or_load(key, row.loader()).await.unwrap().1 == Source::Loaded }
+    })
+    .await;
 }
