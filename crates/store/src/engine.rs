@@ -379,6 +379,20 @@ fn pool_stats<DB: Database>(name: &'static str, pool: &Pool<DB>) -> PoolStats {
     }
 }
 
+fn shard_move_of(r: (i64, i64, i64, String)) -> Result<crate::shards::ShardMove, StoreError> {
+    let (bucket, from, to, started_at) = r;
+    let bad = || StoreError::Other(format!("bad shard move row for bucket {bucket}").into());
+    Ok(crate::shards::ShardMove {
+        bucket: u16::try_from(bucket)
+            .ok()
+            .and_then(crate::shards::Bucket::new)
+            .ok_or_else(bad)?,
+        from: u16::try_from(from).map_err(|_| bad())?,
+        to: u16::try_from(to).map_err(|_| bad())?,
+        started_at,
+    })
+}
+
 macro_rules! impl_catalog_store {
     ($db:ty) => {
         impl SqlStore<$db> {
@@ -412,11 +426,21 @@ macro_rules! impl_catalog_store {
                         return Ok(initial.clone());
                     }
                 };
-                if shards != i64::from(initial.shards()) {
+                let configured = i64::from(initial.shards());
+                if shards > configured {
                     return Err(StoreError::Conflict(format!(
-                        "the stored shard map places buckets on {shards} shards, but {} shard URLs are configured",
-                        initial.shards()
+                        "the stored shard map places buckets on {shards} shards, but {configured} shard URLs are configured \
+                         (a shard is removed by moving its buckets away first, then dropping its URL from the end)"
                     )));
+                }
+                if shards < configured {
+                    // A shard URL was added at the end: the new shards hold no bucket until buckets move there.
+                    sqlx::query(&self.sql.grow_shards)
+                        .bind(configured)
+                        .bind(configured)
+                        .execute(&self.writer)
+                        .await?;
+                    return Box::pin(self.shard_map_once(initial)).await;
                 }
                 let rows = sqlx::query_as::<_, (i64, i64)>(&self.sql.shard_entries)
                     .fetch_all(&self.writer)
@@ -797,6 +821,66 @@ macro_rules! impl_catalog_store {
                         r => return r,
                     }
                 }
+            }
+
+            async fn switch_bucket(
+                &self,
+                bucket: crate::shards::Bucket,
+                from: u16,
+                to: u16,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.writer.begin().await?;
+                let moved = sqlx::query(&self.sql.switch_bucket)
+                    .bind(i64::from(to))
+                    .bind(i64::from(bucket.get()))
+                    .bind(i64::from(from))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if moved != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "the shard map no longer places bucket {} on shard {from}",
+                        bucket.get()
+                    )));
+                }
+                sqlx::query(&self.sql.bump_shard_version)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn shard_moves(&self) -> Result<Vec<crate::shards::ShardMove>, StoreError> {
+                let rows = sqlx::query_as::<_, (i64, i64, i64, String)>(&self.sql.shard_moves)
+                    .fetch_all(&self.writer)
+                    .await?;
+                rows.into_iter().map(shard_move_of).collect()
+            }
+
+            async fn begin_shard_move(
+                &self,
+                m: &crate::shards::ShardMove,
+            ) -> Result<crate::shards::ShardMove, StoreError> {
+                sqlx::query(&self.sql.insert_shard_move)
+                    .bind(i64::from(m.bucket.get()))
+                    .bind(i64::from(m.from))
+                    .bind(i64::from(m.to))
+                    .bind(&m.started_at)
+                    .execute(&self.writer)
+                    .await?;
+                let row = sqlx::query_as::<_, (i64, i64, i64, String)>(&self.sql.shard_move)
+                    .bind(i64::from(m.bucket.get()))
+                    .fetch_one(&self.writer)
+                    .await?;
+                shard_move_of(row)
+            }
+
+            async fn end_shard_move(&self, bucket: crate::shards::Bucket) -> Result<(), StoreError> {
+                sqlx::query(&self.sql.delete_shard_move)
+                    .bind(i64::from(bucket.get()))
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
             }
 
             async fn release_reservation(&self, order_id: i64) -> Result<(), StoreError> {

@@ -15,7 +15,9 @@ mod engine;
 mod error;
 mod fast;
 mod feed;
+#[macro_use]
 mod orders;
+mod moves;
 mod replicas;
 pub mod shards;
 mod sql;
@@ -29,7 +31,8 @@ pub use cursor::Cursor;
 pub use engine::{connect, ConnectOptions, Engine};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedError, FeedEvent};
-pub use orders::{DayRevenue, Order, OrderLine, OrderShards};
+pub use moves::MoveReport;
+pub use orders::{DayRevenue, Order, OrderLine, OrderShards, FENCE_WAIT};
 pub use replicas::{read_at_least, ConsistencyToken};
 
 /// A shared handle to the catalog store; cheap to clone.
@@ -197,9 +200,31 @@ pub trait CatalogStore: Send + Sync + 'static {
     async fn stale_reservations(&self, older_than_ms: u64) -> Result<Vec<i64>, StoreError>;
 
     /// The stored bucket-to-shard map; the first call stores `initial` (later calls return what is stored,
-    /// so every instance routes alike). `Conflict` when the stored map has another number of shards than
-    /// `initial` (shards are added by moving buckets, not by editing the URL list).
+    /// so every instance routes alike). When `initial` has more shards than the stored map, the map grows
+    /// (the new shards hold no bucket until buckets are moved there); `Conflict` when it has fewer.
     async fn shard_map(&self, initial: &shards::ShardMap) -> Result<shards::ShardMap, StoreError>;
+
+    /// Places `bucket` on shard `to` in the stored map, as a new version; `Conflict` if the map no longer
+    /// places it on `from` (another mover got there first).
+    async fn switch_bucket(
+        &self,
+        bucket: shards::Bucket,
+        from: u16,
+        to: u16,
+    ) -> Result<(), StoreError>;
+
+    /// Bucket moves in progress (or abandoned by a mover that died), by bucket.
+    async fn shard_moves(&self) -> Result<Vec<shards::ShardMove>, StoreError>;
+
+    /// Records that `m.bucket` is moving; returns the move recorded for that bucket, which is an earlier
+    /// one (to resume, or to refuse if it goes elsewhere) when there was one.
+    async fn begin_shard_move(
+        &self,
+        m: &shards::ShardMove,
+    ) -> Result<shards::ShardMove, StoreError>;
+
+    /// Forgets the move of `bucket` (it ended).
+    async fn end_shard_move(&self, bucket: shards::Bucket) -> Result<(), StoreError>;
 
     /// A token naming the database state after this instance's last commit (PostgreSQL: the primary's
     /// WAL position); reads inside [`read_at_least`] with it see that state. `None` on SQLite, which has

@@ -12,3 +12,9 @@ CREATE TABLE IF NOT EXISTS orders (
 );
 CREATE INDEX IF NOT EXISTS orders_by_customer ON orders (customer_id, id);
 CREATE INDEX IF NOT EXISTS orders_by_bucket ON orders (bucket, id);
+-- What this shard may do with each bucket's orders: 'owned' (read and write), 'fenced' (read only, while a
+-- move finishes) or 'gone' (not here). Reads and writes check it in the same statement (see orders.rs).
+CREATE TABLE IF NOT EXISTS order_buckets (
+    bucket BIGINT PRIMARY KEY,
+    state  TEXT NOT NULL CHECK (state IN ('owned', 'fenced', 'gone'))
+);

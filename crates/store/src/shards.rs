@@ -77,6 +77,19 @@ impl OrderId {
     }
 }
 
+/// A bucket move in progress, as recorded in the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardMove {
+    /// The bucket moving.
+    pub bucket: Bucket,
+    /// The shard it leaves.
+    pub from: u16,
+    /// The shard it goes to.
+    pub to: u16,
+    /// When the move began (RFC 3339).
+    pub started_at: String,
+}
+
 /// Which shard holds each bucket, at a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardMap {

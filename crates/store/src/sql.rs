@@ -27,6 +27,13 @@ pub(crate) struct Sql {
     pub(crate) insert_shard_meta: String,
     pub(crate) insert_shard_entry: String,
     pub(crate) shard_entries: String,
+    pub(crate) grow_shards: String,
+    pub(crate) switch_bucket: String,
+    pub(crate) bump_shard_version: String,
+    pub(crate) shard_moves: String,
+    pub(crate) insert_shard_move: String,
+    pub(crate) shard_move: String,
+    pub(crate) delete_shard_move: String,
     pub(crate) unreserve: String,
     pub(crate) stale_reservations: String,
     /// Prefix of the multi-row seed insert; rows are appended by a query builder.
@@ -80,6 +87,17 @@ impl Sql {
             insert_shard_meta: p("INSERT INTO shard_map_meta (id, version, shards) VALUES (1, ?, ?)".into()),
             insert_shard_entry: p("INSERT INTO shard_map (bucket, shard) VALUES (?, ?)".into()),
             shard_entries: "SELECT bucket, shard FROM shard_map ORDER BY bucket".into(),
+            grow_shards: p("UPDATE shard_map_meta SET shards = ?, version = version + 1 WHERE id = 1 AND shards < ?".into()),
+            switch_bucket: p("UPDATE shard_map SET shard = ? WHERE bucket = ? AND shard = ?".into()),
+            bump_shard_version: "UPDATE shard_map_meta SET version = version + 1 WHERE id = 1".into(),
+            shard_moves: "SELECT bucket, from_shard, to_shard, started_at FROM shard_moves ORDER BY bucket".into(),
+            insert_shard_move: p(
+                "INSERT INTO shard_moves (bucket, from_shard, to_shard, started_at) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (bucket) DO NOTHING"
+                    .into(),
+            ),
+            shard_move: p("SELECT bucket, from_shard, to_shard, started_at FROM shard_moves WHERE bucket = ?".into()),
+            delete_shard_move: p("DELETE FROM shard_moves WHERE bucket = ?".into()),
             reserve: p("INSERT INTO order_reservations (order_id, items, created_ms) VALUES (?, ?, ?)".into()),
             unreserve: p("DELETE FROM order_reservations WHERE order_id = ? RETURNING items".into()),
             stale_reservations: p(

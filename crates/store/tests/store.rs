@@ -448,6 +448,11 @@ async fn the_shard_map_is_stored_once_and_read_back() {
             store.shard_map(&ShardMap::even(2).unwrap()).await,
             Err(StoreError::Conflict(_))
         ));
+        // A shard URL added at the end grows the map: the new shards hold nothing until buckets move.
+        let grown = store.shard_map(&ShardMap::even(6).unwrap()).await.unwrap();
+        assert_eq!(grown.shards(), 6, "{engine:?}");
+        assert_eq!(grown.version(), 2);
+        assert_eq!(grown.buckets_per_shard(), vec![256, 256, 256, 256, 0, 0]);
     }
 }
 
@@ -460,7 +465,7 @@ async fn orders_round_trip_on_a_shard_of_every_engine() {
         let store = db.store().await;
         // One shard, in the catalog's own database.
         let shards = OrderShards::connect(
-            store.as_ref(),
+            store.clone(),
             std::slice::from_ref(&db.url),
             std::time::Duration::from_secs(3),
         )

@@ -48,8 +48,24 @@ pub(crate) struct Global {
 /// What `tenfold shards` does.
 #[derive(Debug, Clone, Subcommand)]
 pub(crate) enum ShardsAction {
-    /// The shard map's version, and buckets and orders per shard.
+    /// The shard map's version, buckets and orders per shard, and moves in progress.
     Status,
+    /// Move one bucket's orders to another shard while orders keep coming: copy, catch up, fence writes
+    /// briefly, verify by checksum, switch the map. Running it again resumes a move that died.
+    Move {
+        /// The bucket, 0 to 1023 (a customer's bucket is shown by `tenfold shards bucket --customer ID`).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..1024))]
+        bucket: u16,
+        /// The shard to move it to, numbered as the `--shard-url`s are given (from 0).
+        #[arg(long)]
+        to: u16,
+    },
+    /// The bucket of a customer and the shard that holds it.
+    Bucket {
+        /// The customer id.
+        #[arg(long)]
+        customer: i64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -113,7 +129,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         admin: AdminTarget,
     },
-    /// Order shards: `tenfold shards status` shows buckets and orders per shard.
+    /// Order shards: `status` (buckets and orders per shard), `move` (a bucket, online), `bucket` (of a customer).
     Shards {
         #[command(subcommand)]
         action: ShardsAction,

@@ -59,12 +59,98 @@ async fn open_order_shards(
     store: &Store,
 ) -> anyhow::Result<tenfold_store::OrderShards> {
     tenfold_store::OrderShards::connect(
-        store.as_ref(),
+        store.clone(),
         &config.database.order_shard_urls(),
         Duration::from_millis(config.database.acquire_timeout_ms),
     )
     .await
     .context("cannot open the order shards")
+}
+
+async fn shards_command(
+    config: &Config,
+    store: &Store,
+    shards: &tenfold_store::OrderShards,
+    action: crate::cli::ShardsAction,
+) -> anyhow::Result<()> {
+    use tenfold_store::shards::{bucket_of, Bucket};
+    match action {
+        crate::cli::ShardsAction::Status => {
+            let urls = config.database.order_shard_urls();
+            let map = shards.map();
+            let buckets = map.buckets_per_shard();
+            let orders = shards.counts().await?;
+            println!(
+                "shard map version {}: {} buckets over {} shards",
+                map.version(),
+                tenfold_store::shards::BUCKETS,
+                map.shards()
+            );
+            println!("{:>5}  {:>7}  {:>9}  url", "shard", "buckets", "orders");
+            for (i, url) in urls.iter().enumerate() {
+                println!(
+                    "{i:>5}  {:>7}  {:>9}  {}",
+                    buckets.get(i).copied().unwrap_or(0),
+                    orders.get(i).copied().unwrap_or(0),
+                    tenfold_config::mask_password(url)
+                );
+            }
+            let moves = store.shard_moves().await?;
+            if moves.is_empty() {
+                println!("moves in progress: none");
+            } else {
+                println!("moves in progress (run the same `tenfold shards move` again to finish one whose mover stopped):");
+                for m in moves {
+                    println!(
+                        "  bucket {} from shard {} to shard {}, since {}",
+                        m.bucket.get(),
+                        m.from,
+                        m.to,
+                        m.started_at
+                    );
+                }
+            }
+        }
+        crate::cli::ShardsAction::Move { bucket, to } => {
+            let b = Bucket::new(bucket).ok_or_else(|| {
+                crate::UsageError(format!("--bucket must be 0 to 1023 (got {bucket})"))
+            })?;
+            let r = shards
+                .move_bucket(b, to)
+                .await
+                .with_context(|| format!("cannot move bucket {bucket} to shard {to}"))?;
+            if r.from == r.to && !r.resumed {
+                println!(
+                    "bucket {} is already on shard {} ({} orders); nothing to do",
+                    bucket, r.to, r.orders
+                );
+            } else {
+                println!(
+                    "moved bucket {} from shard {} to shard {}{}: copied {} orders in {} rounds, \
+                     writes fenced for {} ms, {} orders verified (sha256 {}), shard map version {}",
+                    bucket,
+                    r.from,
+                    r.to,
+                    if r.resumed { " (resumed)" } else { "" },
+                    r.copied,
+                    r.rounds,
+                    r.fenced_for.as_millis(),
+                    r.orders,
+                    r.checksum,
+                    r.map_version
+                );
+            }
+        }
+        crate::cli::ShardsAction::Bucket { customer } => {
+            let b = bucket_of(customer);
+            println!(
+                "customer {customer}: bucket {}, on shard {}",
+                b.get(),
+                shards.map().shard_of(b)
+            );
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn run(
@@ -134,33 +220,13 @@ pub(crate) async fn run(
         }
         Command::Scale { spec, admin } => crate::up::scale(&spec, admin).await,
         Command::Restart { admin } => crate::up::restart(admin).await,
-        Command::Shards {
-            action: crate::cli::ShardsAction::Status,
-        } => {
+        Command::Shards { action } => {
             let store = open_store(&config, true).await?;
-            let urls = config.database.order_shard_urls();
             let shards = open_order_shards(&config, &store).await?;
-            let buckets = shards.map().buckets_per_shard();
-            let orders = shards.counts().await?;
-            println!(
-                "shard map version {}: {} buckets over {} shards",
-                shards.map().version(),
-                tenfold_store::shards::BUCKETS,
-                shards.map().shards()
-            );
-            println!("{:>5}  {:>7}  {:>9}  url", "shard", "buckets", "orders");
-            for (i, url) in urls.iter().enumerate() {
-                println!(
-                    "{i:>5}  {:>7}  {:>9}  {}",
-                    buckets.get(i).copied().unwrap_or(0),
-                    orders.get(i).copied().unwrap_or(0),
-                    tenfold_config::mask_password(url)
-                );
-            }
-            println!("moves in progress: none");
+            let r = shards_command(&config, &store, &shards, action).await;
             shards.close().await;
             store.close().await;
-            Ok(())
+            r
         }
         Command::App {
             exit_on_stdin_eof, ..

@@ -118,6 +118,29 @@ impl CatalogStore for CountingStore {
     ) -> Result<tenfold_store::shards::ShardMap, StoreError> {
         self.inner.shard_map(initial).await
     }
+    async fn switch_bucket(
+        &self,
+        bucket: tenfold_store::shards::Bucket,
+        from: u16,
+        to: u16,
+    ) -> Result<(), StoreError> {
+        self.inner.switch_bucket(bucket, from, to).await
+    }
+    async fn shard_moves(&self) -> Result<Vec<tenfold_store::shards::ShardMove>, StoreError> {
+        self.inner.shard_moves().await
+    }
+    async fn begin_shard_move(
+        &self,
+        m: &tenfold_store::shards::ShardMove,
+    ) -> Result<tenfold_store::shards::ShardMove, StoreError> {
+        self.inner.begin_shard_move(m).await
+    }
+    async fn end_shard_move(
+        &self,
+        bucket: tenfold_store::shards::Bucket,
+    ) -> Result<(), StoreError> {
+        self.inner.end_shard_move(bucket).await
+    }
     async fn release_reservation(&self, order_id: i64) -> Result<(), StoreError> {
         self.inner.release_reservation(order_id).await
     }

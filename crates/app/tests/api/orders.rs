@@ -18,7 +18,7 @@ async fn shards_in(
         .map(|i| format!("sqlite://{}/orders-{i}.db", dir.display()))
         .collect();
     Arc::new(
-        OrderShards::connect(catalog.as_ref(), &urls, std::time::Duration::from_secs(3))
+        OrderShards::connect(catalog.clone(), &urls, std::time::Duration::from_secs(3))
             .await
             .unwrap(),
     )
