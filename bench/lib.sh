@@ -9,6 +9,7 @@ set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
 RESULTS_DIR="${RESULTS_DIR:-$BENCH_DIR/results}"
+mkdir -p "$RESULTS_DIR"
 
 _BENCH_PIDS=()
 _BENCH_TMPDIRS=()
@@ -137,6 +138,18 @@ bench_cpu_seconds() {
     tck="$(getconf CLK_TCK)"
     # Fields 14 and 15 of /proc/PID/stat, counted after the ")" that closes the command name.
     awk -v t="$tck" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$pid/stat"
+}
+
+# bench_pg_cpu CLUSTER_DIR SERVER: CPU seconds of one server of a scripts/pg-cluster.sh cluster (primary,
+# replica1, shard1...): the postmaster (with its reaped children) plus its live backends.
+bench_pg_cpu() {
+    local pm tck
+    pm="$(head -n1 "$1/$2/postmaster.pid")"
+    tck="$(getconf CLK_TCK)"
+    {
+        awk '{ sub(/^.*\) /, ""); print $12 + $13 + $14 + $15 }' "/proc/$pm/stat"
+        for c in $(pgrep -P "$pm"); do awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$c/stat" 2>/dev/null || true; done
+    } | awk -v t="$tck" '{ s += $1 } END { printf "%.3f\n", s / t }'
 }
 
 # bench_wrk_field FILE what: reads a wrk --latency report.

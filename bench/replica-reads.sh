@@ -48,17 +48,7 @@ for r in "${replicas[@]}"; do
     [[ "$n" == "$PRODUCTS" ]] || bench_die "replica $r did not catch up"
 done
 
-# CPU seconds of a server (primary, replica1...): the postmaster (with its reaped children) plus its live
-# backends.
-server_cpu() {
-    local pm tck
-    pm="$(head -n1 "$cluster/$1/postmaster.pid")"
-    tck="$(getconf CLK_TCK)"
-    {
-        awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat"
-        for c in $(pgrep -P "$pm"); do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done
-    } | awk -v t="$tck" '{ s += $1 } END { printf "%.3f\n", s / t }'
-}
+server_cpu() { bench_pg_cpu "$cluster" "$1"; }
 
 reads_by() { # reads_by BASE -> "primary N" and "replica N" lines summed
     curl -sS --max-time 5 "$1/metrics" | awk '

@@ -148,6 +148,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => ApiError::NotFound("no such resource".into()),
             StoreError::Conflict(m) => ApiError::Conflict(m),
+            e @ StoreError::OrderIdTaken(_) => ApiError::Conflict(format!("{e}; place the order again")),
             StoreError::VersionMismatch { current } => ApiError::PreconditionFailed(format!(
                 "the resource has changed since you read it (it is now at version {current}, ETag \"v{current}\"): fetch it again and retry"
             )),

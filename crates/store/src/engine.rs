@@ -798,8 +798,11 @@ macro_rules! impl_catalog_store {
                     .bind(now_ms())
                     .execute(&mut *tx)
                     .await
-                    .map_err(|e| {
-                        conflict_if_taken(e, "reservation for order", &order_id.to_string())
+                    .map_err(|e| match e {
+                        sqlx::Error::Database(db) if db.is_unique_violation() => {
+                            StoreError::OrderIdTaken(order_id)
+                        }
+                        e => e.into(),
                     })?;
                 tx.commit().await?;
                 Ok(taken)

@@ -23,6 +23,10 @@ pub enum StoreError {
         /// What was asked for.
         requested: i64,
     },
+    /// Another order already has this id (ids of the same millisecond and bucket collide only if their
+    /// 12-bit salts do): place the order again under a new id.
+    #[error("order id {0} is already taken by another order")]
+    OrderIdTaken(i64),
     /// An order names a product that does not exist.
     #[error("product {0} does not exist")]
     UnknownProduct(i64),

@@ -336,25 +336,36 @@ impl OrderShards {
                     .await?
                     .rows_affected()
             });
-            // Nothing written: either the order is there already (a repeated write; it was written while
-            // this shard held the bucket, so any later move carried it), or the bucket is not writable here.
-            if written == 1 || self.exists(shard, o.id).await? {
+            if written == 1 {
                 Self::record_wait(started, retried);
                 return Ok(());
+            }
+            // Nothing written: an order with this id is there already, or the bucket is not writable
+            // here. The same order again (a repeated write; it was written while this shard held the
+            // bucket, so any later move carried it) is done; another order with the same id is refused.
+            if let Some(there) = self.stored(shard, o.id).await? {
+                Self::record_wait(started, retried);
+                return if there == *o {
+                    Ok(())
+                } else {
+                    Err(StoreError::OrderIdTaken(o.id.get()))
+                };
             }
             retried = true;
             map = self.await_bucket(bucket, shard, started).await?;
         }
     }
 
-    async fn exists(&self, shard: u16, id: OrderId) -> Result<bool, StoreError> {
-        let n: i64 = on_shard!(self.shard(shard), |p, ph| {
-            sqlx::query_scalar(&ph("SELECT count(*) FROM orders WHERE id = ?"))
+    /// The order stored under `id` on a shard, whatever the bucket's state there.
+    async fn stored(&self, shard: u16, id: OrderId) -> Result<Option<Order>, StoreError> {
+        let sql = format!("SELECT {COLS} FROM orders WHERE id = ?");
+        let row: Option<Row> = on_shard!(self.shard(shard), |p, ph| {
+            sqlx::query_as(&ph(&sql))
                 .bind(id.get())
-                .fetch_one(p)
+                .fetch_optional(p)
                 .await?
         });
-        Ok(n > 0)
+        row.map(order_of).transpose()
     }
 
     /// Runs a read that returns the bucket's state beside its rows on the shard the map names, following

@@ -425,7 +425,7 @@ async fn an_order_takes_all_its_stock_or_none_and_can_give_it_back() {
                     }]
                 )
                 .await,
-            Err(StoreError::Conflict(_))
+            Err(StoreError::OrderIdTaken(_))
         ));
     }
 }
@@ -489,6 +489,13 @@ async fn orders_round_trip_on_a_shard_of_every_engine() {
             };
             shards.insert(&o).await.unwrap();
             shards.insert(&o).await.unwrap(); // idempotent
+                                              // Another order under the same id (a salt collision) is refused, not taken for a repeat.
+            let mut other = o.clone();
+            other.total_minor += 1;
+            assert!(matches!(
+                shards.insert(&other).await,
+                Err(StoreError::OrderIdTaken(n)) if n == id.get()
+            ));
             assert_eq!(shards.get(id).await.unwrap(), Some(o));
             ids.push(id.get());
         }

@@ -8,7 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tenfold_catalog::{ProductId, ValidationErrors};
 use tenfold_store::shards::{bucket_of, OrderId};
-use tenfold_store::{Order, OrderLine, OrderShards, StockItem};
+use tenfold_store::{Order, OrderLine, OrderShards, StockItem, StoreError};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult, Problem};
@@ -176,14 +176,54 @@ pub(crate) async fn place_order(
         return Err(ApiError::Validation(errs));
     }
     let shards = shards(&app)?;
+    // Two orders of one millisecond and bucket get the same id only if their salts collide (one in
+    // 4,096 across instances; never within one): the loser places its order again under a new id.
+    let mut attempt = 0;
+    let order = loop {
+        attempt += 1;
+        match place_once(&app, shards, new.customer_id, &items).await {
+            Ok(Some(order)) => break order,
+            Ok(None) if attempt < 4 => continue,
+            Ok(None) => {
+                return Err(ApiError::Conflict(
+                    "no free order id was found in 4 attempts; place the order again".into(),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id.get())).ok();
+    let mut resp = (StatusCode::CREATED, Json(OrderView::from(order))).into_response();
+    if let Some(l) = location {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(resp)
+}
+
+/// A per-process sequence for order-id salts, from a random start: ids made by one instance in one
+/// millisecond never collide.
+fn salt() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: std::sync::OnceLock<AtomicU16> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| AtomicU16::new(rand::random()))
+        .fetch_add(1, Ordering::Relaxed)
+}
+
+/// Takes the stock and writes the order under a fresh id; `None` when the id collided with another
+/// order's (nothing is kept: the caller tries again).
+async fn place_once(
+    app: &App,
+    shards: &OrderShards,
+    customer_id: i64,
+    items: &[StockItem],
+) -> ApiResult<Option<Order>> {
     let store = app.store();
-    let id = OrderId::new(
-        bucket_of(new.customer_id),
-        crate::customer::now_ms(),
-        rand::random::<u16>(),
-    );
+    let id = OrderId::new(bucket_of(customer_id), crate::customer::now_ms(), salt());
     // Takes the stock and records a reservation for this order id, in one transaction.
-    let taken = store.take_stock(id.get(), &items).await?;
+    let taken = match store.take_stock(id.get(), items).await {
+        Err(StoreError::OrderIdTaken(_)) => return Ok(None),
+        r => r?,
+    };
     let currency = taken
         .first()
         .map(|t| t.currency.clone())
@@ -204,7 +244,7 @@ pub(crate) async fn place_order(
     }
     let order = Order {
         id,
-        customer_id: new.customer_id,
+        customer_id,
         total_minor: taken
             .iter()
             .map(|t| t.price_minor * i64::from(t.quantity))
@@ -235,21 +275,23 @@ pub(crate) async fn place_order(
             all_lists: false,
         })
         .await;
-    if let Err(e) = shards.insert(&order).await {
-        tracing::error!(error = %e, order = order.id.get(), "could not write an order to its shard; giving the stock back");
-        give_back().await;
-        return Err(e.into());
+    match shards.insert(&order).await {
+        Ok(()) => {}
+        Err(StoreError::OrderIdTaken(_)) => {
+            give_back().await;
+            return Ok(None);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, order = order.id.get(), "could not write an order to its shard; giving the stock back");
+            give_back().await;
+            return Err(e.into());
+        }
     }
     if let Err(e) = store.release_reservation(id.get()).await {
         // The order is written; the reconciler will find it and drop the reservation.
         tracing::warn!(error = %e, order = id.get(), "could not release an order's reservation");
     }
-    let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id.get())).ok();
-    let mut resp = (StatusCode::CREATED, Json(OrderView::from(order))).into_response();
-    if let Some(l) = location {
-        resp.headers_mut().insert(header::LOCATION, l);
-    }
-    Ok(resp)
+    Ok(Some(order))
 }
 
 /// Finds reservations older than `older_than_ms` (orders whose placing process may have died): drops those
