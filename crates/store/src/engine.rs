@@ -430,7 +430,7 @@ macro_rules! impl_catalog_store {
                 if shards > configured {
                     return Err(StoreError::Conflict(format!(
                         "the stored shard map places buckets on {shards} shards, but {configured} shard URLs are configured \
-                         (a shard is removed by moving its buckets away first, then dropping its URL from the end)"
+                         (give every shard's URL, in the order first used; new shards go at the end)"
                     )));
                 }
                 if shards < configured {

@@ -497,4 +497,39 @@ fn shards_status_shows_the_stored_map_and_refuses_a_changed_shard_count() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("places buckets on 2 shards"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // A third URL at the end adds an empty shard; buckets move onto it one by one.
+    let three = [two[0], two[1], "sqlite://data/orders-c.db"];
+    let shards = |args: &[&str]| {
+        let mut c = tenfold(dir.path());
+        c.arg("shards").args(args);
+        for s in three {
+            c.args(["--shard-url", s]);
+        }
+        c.env("RUST_LOG", "off").output().unwrap()
+    };
+    let out = shards(&["move", "--bucket", "7", "--to", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("moved bucket 7 from shard 1 to shard 2"), "{text}");
+    let out = shards(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1024 buckets over 3 shards"), "{text}");
+    assert!(text.contains("  511  ") && text.contains("  512  "), "{text}");
+    assert!(text.contains("moves in progress: none"), "{text}");
+    let out = shards(&["bucket", "--customer", "1"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "customer 1: bucket 193, on shard 1"
+    );
+    // A shard that does not exist, or a bucket out of range: one line and a non-zero exit.
+    for bad in [
+        &["move", "--bucket", "7", "--to", "3"][..],
+        &["move", "--bucket", "1024", "--to", "0"][..],
+    ] {
+        let out = shards(bad);
+        assert!(!out.status.success(), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("shard 3") || err.contains("1024"), "{err}");
+    }
 }
