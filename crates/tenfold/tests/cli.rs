@@ -510,12 +510,22 @@ fn shards_status_shows_the_stored_map_and_refuses_a_changed_shard_count() {
     };
     let out = shards(&["move", "--bucket", "7", "--to", "2"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("moved bucket 7 from shard 1 to shard 2"), "{text}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("moved bucket 7 from shard 1 to shard 2"),
+        "{text}"
+    );
     let out = shards(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("1024 buckets over 3 shards"), "{text}");
-    assert!(text.contains("  511  ") && text.contains("  512  "), "{text}");
+    assert!(
+        text.contains("  511  ") && text.contains("  512  "),
+        "{text}"
+    );
     assert!(text.contains("moves in progress: none"), "{text}");
     let out = shards(&["bucket", "--customer", "1"]);
     assert_eq!(
