@@ -379,8 +379,10 @@ fn pool_stats<DB: Database>(name: &'static str, pool: &Pool<DB>) -> PoolStats {
     }
 }
 
-fn shard_move_of(r: (i64, i64, i64, String)) -> Result<crate::shards::ShardMove, StoreError> {
-    let (bucket, from, to, started_at) = r;
+type MoveRow = (i64, i64, i64, String, String, i64);
+
+fn shard_move_of(r: MoveRow) -> Result<crate::shards::ShardMove, StoreError> {
+    let (bucket, from, to, started_at, owner, active_ms) = r;
     let bad = || StoreError::Other(format!("bad shard move row for bucket {bucket}").into());
     Ok(crate::shards::ShardMove {
         bucket: u16::try_from(bucket)
@@ -390,6 +392,8 @@ fn shard_move_of(r: (i64, i64, i64, String)) -> Result<crate::shards::ShardMove,
         from: u16::try_from(from).map_err(|_| bad())?,
         to: u16::try_from(to).map_err(|_| bad())?,
         started_at,
+        owner,
+        active_ms,
     })
 }
 
@@ -854,33 +858,80 @@ macro_rules! impl_catalog_store {
             }
 
             async fn shard_moves(&self) -> Result<Vec<crate::shards::ShardMove>, StoreError> {
-                let rows = sqlx::query_as::<_, (i64, i64, i64, String)>(&self.sql.shard_moves)
+                let rows = sqlx::query_as::<_, MoveRow>(&self.sql.shard_moves)
                     .fetch_all(&self.writer)
                     .await?;
                 rows.into_iter().map(shard_move_of).collect()
             }
 
-            async fn begin_shard_move(
+            async fn claim_shard_move(
                 &self,
                 m: &crate::shards::ShardMove,
+                stale_after: Duration,
             ) -> Result<crate::shards::ShardMove, StoreError> {
+                let now = now_ms();
+                let b = i64::from(m.bucket.get());
                 sqlx::query(&self.sql.insert_shard_move)
-                    .bind(i64::from(m.bucket.get()))
+                    .bind(b)
                     .bind(i64::from(m.from))
                     .bind(i64::from(m.to))
                     .bind(&m.started_at)
+                    .bind(&m.owner)
+                    .bind(now)
                     .execute(&self.writer)
                     .await?;
-                let row = sqlx::query_as::<_, (i64, i64, i64, String)>(&self.sql.shard_move)
-                    .bind(i64::from(m.bucket.get()))
+                sqlx::query(&self.sql.take_shard_move)
+                    .bind(&m.owner)
+                    .bind(now)
+                    .bind(b)
+                    .bind(i64::from(m.to))
+                    .bind(&m.owner)
+                    .bind(now - stale_after.as_millis() as i64)
+                    .execute(&self.writer)
+                    .await?;
+                let row = sqlx::query_as::<_, MoveRow>(&self.sql.shard_move)
+                    .bind(b)
                     .fetch_one(&self.writer)
                     .await?;
                 shard_move_of(row)
             }
 
-            async fn end_shard_move(&self, bucket: crate::shards::Bucket) -> Result<(), StoreError> {
+            async fn touch_shard_move(
+                &self,
+                bucket: crate::shards::Bucket,
+                owner: &str,
+            ) -> Result<bool, StoreError> {
+                Ok(sqlx::query(&self.sql.touch_shard_move)
+                    .bind(now_ms())
+                    .bind(i64::from(bucket.get()))
+                    .bind(owner)
+                    .execute(&self.writer)
+                    .await?
+                    .rows_affected()
+                    == 1)
+            }
+
+            async fn release_shard_move(
+                &self,
+                bucket: crate::shards::Bucket,
+                owner: &str,
+            ) -> Result<(), StoreError> {
+                sqlx::query(&self.sql.release_shard_move)
+                    .bind(i64::from(bucket.get()))
+                    .bind(owner)
+                    .execute(&self.writer)
+                    .await?;
+                Ok(())
+            }
+
+            async fn end_shard_move(
+                &self,
+                bucket: crate::shards::Bucket,
+                owner: &str,
+            ) -> Result<(), StoreError> {
                 sqlx::query(&self.sql.delete_shard_move)
                     .bind(i64::from(bucket.get()))
+                    .bind(owner)
                     .execute(&self.writer)
                     .await?;
                 Ok(())

@@ -216,15 +216,31 @@ pub trait CatalogStore: Send + Sync + 'static {
     /// Bucket moves in progress (or abandoned by a mover that died), by bucket.
     async fn shard_moves(&self) -> Result<Vec<shards::ShardMove>, StoreError>;
 
-    /// Records that `m.bucket` is moving; returns the move recorded for that bucket, which is an earlier
-    /// one (to resume, or to refuse if it goes elsewhere) when there was one.
-    async fn begin_shard_move(
+    /// Records that `m.bucket` is moving, by `m.owner`, unless a move of it is recorded already; takes a
+    /// recorded move to the same shard over when its owner has not been active for `stale_after`.
+    /// Returns the move as recorded now: the caller owns it only if its `owner` is the caller's.
+    async fn claim_shard_move(
         &self,
         m: &shards::ShardMove,
+        stale_after: std::time::Duration,
     ) -> Result<shards::ShardMove, StoreError>;
 
-    /// Forgets the move of `bucket` (it ended).
-    async fn end_shard_move(&self, bucket: shards::Bucket) -> Result<(), StoreError>;
+    /// Renews `owner`'s claim on the move of `bucket`; false if another mover has taken it over.
+    async fn touch_shard_move(
+        &self,
+        bucket: shards::Bucket,
+        owner: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Lets the next run take the move of `bucket` over at once (`owner` stopped on an error).
+    async fn release_shard_move(
+        &self,
+        bucket: shards::Bucket,
+        owner: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets the move of `bucket` (it ended), if `owner` still holds it.
+    async fn end_shard_move(&self, bucket: shards::Bucket, owner: &str) -> Result<(), StoreError>;
 
     /// A token naming the database state after this instance's last commit (PostgreSQL: the primary's
     /// WAL position); reads inside [`read_at_least`] with it see that state. `None` on SQLite, which has

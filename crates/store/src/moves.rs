@@ -2,15 +2,21 @@
 //! writes, catch up, fence writes briefly, copy the rest, verify by checksum, switch the map.
 //!
 //! The steps, each safe to repeat, so a mover that died is resumed by running the same move again:
-//! 1. Record the move in the catalog (`shard_moves`; one per bucket, so two movers cannot race).
+//! 1. Record the move in the catalog (`shard_moves`, one per bucket) and claim it: each run has an owner
+//!    name, renewed at every step; another run may take a move over only after 30 s of silence, and a
+//!    mover that finds its claim taken stops.
 //! 2. Copy: the orders the destination lacks, in rounds, until a round finds few (writes continue).
 //! 3. Fence: the source marks the bucket `fenced` (PostgreSQL: after the writes in flight commit). Writes
 //!    to it now wait (see `orders.rs`); reads still succeed.
 //! 4. Copy what is still missing, then compare a SHA-256 over every order of the bucket on both sides.
-//!    A mismatch undoes the move (the source owns the bucket again) and fails.
+//!    A mismatch, or any error while fenced, abandons the move (the source owns the bucket again).
 //! 5. Source `gone`, destination `owned`, and the catalog's map places the bucket on the destination (a
 //!    new version). Waiting writers and readers reload the map and go to the destination.
 //! 6. Delete the bucket's orders from the source and forget the move.
+//!
+//! A rerun after a crash reads both shards' states: destination `owned` and source `gone` means only
+//! the switch (step 5) is left; otherwise it copies again from step 2. Running the move to the source
+//! instead abandons it, unless the destination already owns the bucket.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -53,10 +59,25 @@ pub struct MoveReport {
     pub resumed: bool,
 }
 
+/// A mover silent this long may be taken over by another run of the same move.
+const STALE_MOVER: Duration = Duration::from_secs(30);
+
 impl OrderShards {
     /// Moves `bucket` to shard `to` while orders keep coming (see the module docs). Moving a bucket to
-    /// where it is already does nothing (or finishes the clean-up of a move that died after its switch).
+    /// where it is already does nothing (or finishes the clean-up of a move that died after its switch);
+    /// moving it back to the source of an unfinished move abandons that move, if it has not reached its
+    /// switch.
     pub async fn move_bucket(&self, bucket: Bucket, to: u16) -> Result<MoveReport, StoreError> {
+        let me = format!("mover-{:016x}", rand::random::<u64>());
+        let r = self.move_as(bucket, to, &me).await;
+        if r.is_err() {
+            // Whatever this run left, the next run may resume it at once.
+            let _ = self.catalog.release_shard_move(bucket, &me).await;
+        }
+        r
+    }
+
+    async fn move_as(&self, bucket: Bucket, to: u16, me: &str) -> Result<MoveReport, StoreError> {
         let map = self.reload().await?;
         if to >= map.shards() {
             return Err(StoreError::Conflict(format!(
@@ -70,18 +91,6 @@ impl OrderShards {
             .await?
             .into_iter()
             .find(|m| m.bucket == bucket);
-        if let Some(m) = &recorded {
-            if m.to != to {
-                return Err(StoreError::Conflict(format!(
-                    "bucket {} is already moving from shard {} to shard {} (since {}); run the move to shard {} to finish it first",
-                    bucket.get(),
-                    m.from,
-                    m.to,
-                    m.started_at,
-                    m.to
-                )));
-            }
-        }
         let from = map.shard_of(bucket);
         let mut report = MoveReport {
             bucket,
@@ -95,28 +104,58 @@ impl OrderShards {
             map_version: map.version(),
             resumed: recorded.is_some(),
         };
-        if from == to {
-            if let Some(m) = recorded {
-                // The mover died after the switch: finish its clean-up.
-                report.from = m.from;
-                self.clean_up(bucket, m.from).await?;
+        let claim = |from: u16, to: u16| ShardMove {
+            bucket,
+            from,
+            to,
+            started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            owner: me.to_owned(),
+            active_ms: 0,
+        };
+        if let Some(r) = &recorded {
+            if r.to != to {
+                if to == r.from && from == r.from {
+                    self.own(&claim(r.from, r.to)).await?;
+                    self.abandon(bucket, r.from, r.to, me).await?;
+                    report.to = r.from;
+                    (report.orders, report.checksum) = self.checksum(r.from, bucket).await?;
+                    return Ok(report);
+                }
+                return Err(StoreError::Conflict(format!(
+                    "bucket {} is already moving from shard {} to shard {} (since {}); run the move to shard {} to \
+                     finish it, or to shard {} to abandon it",
+                    bucket.get(),
+                    r.from,
+                    r.to,
+                    r.started_at,
+                    r.to,
+                    r.from
+                )));
             }
-            let (n, sum) = self.checksum(to, bucket).await?;
-            report.orders = n;
-            report.checksum = sum;
+        }
+        if from == to {
+            if let Some(r) = &recorded {
+                // The mover died after the switch: finish its clean-up.
+                self.own(&claim(r.from, r.to)).await?;
+                report.from = r.from;
+                self.clean_up(bucket, r.from, me).await?;
+            }
+            (report.orders, report.checksum) = self.checksum(to, bucket).await?;
             return Ok(report);
         }
-        let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        self.catalog
-            .begin_shard_move(&ShardMove {
-                bucket,
-                from,
-                to,
-                started_at,
-            })
-            .await?;
-        if recorded.is_none() {
-            // Orders left on the destination by an earlier move that was undone are dropped; a resumed
+        self.own(&claim(from, to)).await?;
+        let (src, dst) = (
+            self.state(from, bucket).await?,
+            self.state(to, bucket).await?,
+        );
+        if src == Some(BucketState::Gone) && dst == Some(BucketState::Owned) {
+            // A mover died between its state flip and the switch: the destination has every order (and
+            // maybe newer ones, from instances whose older map names it); only the switch is left.
+            (report.orders, report.checksum) = self.checksum(to, bucket).await?;
+            return self.switch(report, me).await;
+        }
+        if recorded.is_none() || dst != Some(BucketState::Gone) {
+            // Orders left on the destination by an earlier move that was abandoned are dropped; a resumed
             // move keeps what it copied (a subset of the source: orders never change once written).
             self.set_state(to, bucket, BucketState::Gone, None).await?;
             self.delete_bucket(to, bucket).await?;
@@ -125,6 +164,7 @@ impl OrderShards {
             report.rounds += 1;
             let n = self.copy_missing(from, to, bucket).await?;
             report.copied += n as u64;
+            self.still_mine(bucket, me).await?;
             if n < CATCH_UP_BELOW || report.rounds >= MAX_ROUNDS {
                 break;
             }
@@ -132,21 +172,86 @@ impl OrderShards {
         let fence = Instant::now();
         self.set_state(from, bucket, BucketState::Fenced, Some(BucketState::Owned))
             .await?;
+        match self.fenced_part(from, to, bucket, me, &mut report).await {
+            Ok(()) => {}
+            Err(e) => {
+                // Not switched: give the bucket back to the source, so writes do not stay blocked.
+                let _ = self
+                    .set_state(from, bucket, BucketState::Owned, Some(BucketState::Fenced))
+                    .await;
+                return Err(e);
+            }
+        }
+        // Nobody serves the bucket between these two steps (readers and writers wait), so no write lands
+        // on a shard that is about to lose it.
+        if !self
+            .set_state(from, bucket, BucketState::Gone, Some(BucketState::Fenced))
+            .await?
+        {
+            return Err(StoreError::Conflict(format!(
+                "bucket {} is no longer fenced on shard {from}: another mover is at work",
+                bucket.get()
+            )));
+        }
+        self.set_state(to, bucket, BucketState::Owned, None).await?;
+        let report = self.switch(report, me).await?;
+        let fenced_for = fence.elapsed();
+        metrics::histogram!("order_bucket_fence_seconds").record(fenced_for.as_secs_f64());
+        Ok(MoveReport {
+            fenced_for,
+            ..report
+        })
+    }
+
+    /// Claims the recorded move for this mover, or says who holds it.
+    async fn own(&self, m: &ShardMove) -> Result<(), StoreError> {
+        let got = self.catalog.claim_shard_move(m, STALE_MOVER).await?;
+        if got.owner == m.owner {
+            Ok(())
+        } else {
+            let idle = (chrono::Utc::now().timestamp_millis() - got.active_ms).max(0);
+            Err(StoreError::Conflict(format!(
+                "bucket {} is being moved from shard {} to shard {} by another mover (active {idle} ms ago); \
+                 a mover silent for {} s may be taken over",
+                m.bucket.get(),
+                got.from,
+                got.to,
+                STALE_MOVER.as_secs()
+            )))
+        }
+    }
+
+    async fn still_mine(&self, bucket: Bucket, me: &str) -> Result<(), StoreError> {
+        if self.catalog.touch_shard_move(bucket, me).await? {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!(
+                "another mover took over the move of bucket {}",
+                bucket.get()
+            )))
+        }
+    }
+
+    /// While the source is fenced: the last copy and the checksums (a mismatch abandons the move).
+    async fn fenced_part(
+        &self,
+        from: u16,
+        to: u16,
+        bucket: Bucket,
+        me: &str,
+        report: &mut MoveReport,
+    ) -> Result<(), StoreError> {
         report.copied += self.copy_missing(from, to, bucket).await? as u64;
         let (src, dst) = (
             self.checksum(from, bucket).await?,
             self.checksum(to, bucket).await?,
         );
         if src != dst {
-            self.set_state(from, bucket, BucketState::Owned, None)
-                .await?;
-            self.set_state(to, bucket, BucketState::Gone, None).await?;
-            self.delete_bucket(to, bucket).await?;
-            self.catalog.end_shard_move(bucket).await?;
+            self.abandon(bucket, from, to, me).await?;
             return Err(StoreError::Other(
                 format!(
                     "bucket {}: shard {from} has {} orders (sha256 {}) but the copy on shard {to} has {} (sha256 {}); \
-                     the move was undone and the bucket stays on shard {from}",
+                     the move was abandoned and the bucket stays on shard {from}",
                     bucket.get(),
                     src.0,
                     src.1,
@@ -156,34 +261,78 @@ impl OrderShards {
                 .into(),
             ));
         }
-        // Nobody serves the bucket between these two steps (readers and writers wait), so no report
-        // counts it twice and no write lands on a shard that is about to lose it.
-        self.set_state(from, bucket, BucketState::Gone, None)
-            .await?;
-        self.set_state(to, bucket, BucketState::Owned, None).await?;
-        self.catalog.switch_bucket(bucket, from, to).await?;
-        report.fenced_for = fence.elapsed();
-        report.map_version = self.reload().await?.version();
+        self.still_mine(bucket, me).await?;
         (report.orders, report.checksum) = dst;
-        metrics::histogram!("order_bucket_fence_seconds").record(report.fenced_for.as_secs_f64());
+        Ok(())
+    }
+
+    /// Switches the catalog's map (retrying: until it is done, writes to the bucket wait), then cleans up.
+    async fn switch(&self, mut report: MoveReport, me: &str) -> Result<MoveReport, StoreError> {
+        let (bucket, from, to) = (report.bucket, report.from, report.to);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.catalog.switch_bucket(bucket, from, to).await {
+                Ok(()) => break,
+                Err(e) if tries >= 5 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, bucket = bucket.get(), "switching the shard map failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+            }
+        }
+        report.map_version = self.reload().await?.version();
         tracing::info!(
             bucket = bucket.get(),
             from,
             to,
             copied = report.copied,
-            fenced_ms = report.fenced_for.as_millis() as u64,
             "moved a bucket"
         );
-        self.clean_up(bucket, from).await?;
+        self.clean_up(bucket, from, me).await?;
         Ok(report)
     }
 
+    /// Abandons an unswitched move: the destination forgets its copy, the source owns the bucket again.
+    /// Refused once the destination owns the bucket (only the switch is left: finish the move instead).
+    async fn abandon(
+        &self,
+        bucket: Bucket,
+        from: u16,
+        to: u16,
+        me: &str,
+    ) -> Result<(), StoreError> {
+        if self.state(to, bucket).await? == Some(BucketState::Owned) {
+            return Err(StoreError::Conflict(format!(
+                "the move of bucket {} to shard {to} is past its last step but one; run it to shard {to} to finish it",
+                bucket.get()
+            )));
+        }
+        self.set_state(to, bucket, BucketState::Gone, None).await?;
+        self.delete_bucket(to, bucket).await?;
+        self.set_state(from, bucket, BucketState::Owned, None)
+            .await?;
+        self.catalog.end_shard_move(bucket, me).await
+    }
+
     /// After the switch: the source forgets the bucket's orders, and the catalog the move.
-    async fn clean_up(&self, bucket: Bucket, from: u16) -> Result<(), StoreError> {
+    async fn clean_up(&self, bucket: Bucket, from: u16, me: &str) -> Result<(), StoreError> {
         self.set_state(from, bucket, BucketState::Gone, None)
             .await?;
         self.delete_bucket(from, bucket).await?;
-        self.catalog.end_shard_move(bucket).await
+        self.catalog.end_shard_move(bucket, me).await
+    }
+
+    /// A bucket's state on a shard (`None`: the shard has no row for it).
+    async fn state(&self, shard: u16, bucket: Bucket) -> Result<Option<BucketState>, StoreError> {
+        let b = i64::from(bucket.get());
+        let s: Option<String> = on_shard!(self.shard(shard), |p, ph| {
+            sqlx::query_scalar(&ph("SELECT state FROM order_buckets WHERE bucket = ?"))
+                .bind(b)
+                .fetch_optional(p)
+                .await?
+        });
+        Ok(s.as_deref().and_then(BucketState::parse))
     }
 
     /// Sets a bucket's state on a shard (only if it is `only_from` now, when given). On PostgreSQL the
@@ -195,29 +344,31 @@ impl OrderShards {
         bucket: Bucket,
         state: BucketState,
         only_from: Option<BucketState>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let b = i64::from(bucket.get());
         let only = only_from.map(BucketState::as_str);
-        match self.shard(shard) {
-            ShardPool::Sqlite(p) => {
-                sqlx::query(
-                    "INSERT INTO order_buckets (bucket, state) VALUES (?, ?) \
-                     ON CONFLICT (bucket) DO UPDATE SET state = excluded.state \
-                     WHERE ?3 IS NULL OR order_buckets.state = ?3",
-                )
-                .bind(b)
-                .bind(state.as_str())
-                .bind(only)
-                .execute(p)
-                .await?;
-            }
+        let changed = match self.shard(shard) {
+            ShardPool::Sqlite(p) => sqlx::query(
+                "INSERT INTO order_buckets (bucket, state) VALUES (?1, ?2) \
+                 ON CONFLICT (bucket) DO UPDATE SET state = excluded.state \
+                 WHERE ?3 IS NULL OR order_buckets.state = ?3",
+            )
+            .bind(b)
+            .bind(state.as_str())
+            .bind(only)
+            .execute(p)
+            .await?
+            .rows_affected(),
             ShardPool::Postgres(p) => {
+                // FOR UPDATE first: it conflicts with the FOR KEY SHARE of writes in flight (the upsert
+                // alone would take FOR NO KEY UPDATE, which does not), so the fence waits for them, and a
+                // write arriving meanwhile waits for the fence and then re-reads the state. Load-bearing.
                 let mut tx = p.begin().await?;
                 sqlx::query("SELECT state FROM order_buckets WHERE bucket = $1 FOR UPDATE")
                     .bind(b)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(
+                let n = sqlx::query(
                     "INSERT INTO order_buckets (bucket, state) VALUES ($1, $2) \
                      ON CONFLICT (bucket) DO UPDATE SET state = excluded.state \
                      WHERE $3::text IS NULL OR order_buckets.state = $3::text",
@@ -226,11 +377,13 @@ impl OrderShards {
                 .bind(state.as_str())
                 .bind(only)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
                 tx.commit().await?;
+                n
             }
-        }
-        Ok(())
+        };
+        Ok(changed > 0)
     }
 
     /// The ids of a bucket's orders on a shard, whatever the bucket's state there.

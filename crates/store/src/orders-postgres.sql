@@ -1,4 +1,7 @@
 -- Applied (idempotently) to every order shard when it is opened; the shard may share a database with the catalog.
+-- Sent as one simple query, so it runs as one transaction; the advisory lock serializes instances that open
+-- a fresh shard at the same moment (concurrent CREATE ... IF NOT EXISTS can fail on PostgreSQL's catalogs).
+SELECT pg_advisory_xact_lock(7301001);
 -- One order shard. Each order keeps a snapshot of its items (name and price at purchase), so reading it
 -- needs no join with the catalog (which lives in another database).
 CREATE TABLE IF NOT EXISTS orders (

@@ -8,6 +8,7 @@
 //! most [`FENCE_WAIT`] while a move holds the bucket fenced. The mover is in `moves.rs`.
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -130,6 +131,15 @@ impl BucketState {
         }
     }
 
+    pub(crate) fn parse(s: &str) -> Option<BucketState> {
+        match s {
+            "owned" => Some(BucketState::Owned),
+            "fenced" => Some(BucketState::Fenced),
+            "gone" => Some(BucketState::Gone),
+            _ => None,
+        }
+    }
+
     fn readable(state: Option<&str>) -> bool {
         matches!(state, Some("owned" | "fenced"))
     }
@@ -154,6 +164,8 @@ pub(crate) const COLS: &str = "id, customer_id, items, total_minor, currency, cr
 pub struct OrderShards {
     pub(crate) shards: Vec<ShardPool>,
     map: RwLock<Arc<ShardMap>>,
+    /// When a waiting caller last reloaded the map (Unix ms): callers waiting on a fence share reloads.
+    last_reload: AtomicI64,
     pub(crate) catalog: Store,
     fence_wait: Duration,
 }
@@ -238,6 +250,7 @@ impl OrderShards {
         Ok(OrderShards {
             shards,
             map: RwLock::new(Arc::new(map)),
+            last_reload: AtomicI64::new(0),
             catalog,
             fence_wait: FENCE_WAIT,
         })
@@ -284,7 +297,19 @@ impl OrderShards {
         shard: u16,
         started: Instant,
     ) -> Result<Arc<ShardMap>, StoreError> {
-        let map = self.reload().await?;
+        // Many callers may wait on one fence: one reload per 10 ms serves them all.
+        let now = chrono::Utc::now().timestamp_millis();
+        let last = self.last_reload.load(Ordering::Relaxed);
+        let map = if now - last >= 10
+            && self
+                .last_reload
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.reload().await?
+        } else {
+            self.map()
+        };
         if map.shard_of(bucket) == shard {
             if started.elapsed() >= self.fence_wait {
                 metrics::counter!("order_fence_timeouts_total").increment(1);
@@ -447,37 +472,24 @@ impl OrderShards {
         from: Option<&str>,
         to: Option<&str>,
     ) -> Result<Vec<DayRevenue>, StoreError> {
-        // Each shard counts only the buckets it serves, so a bucket whose rows are being copied is
-        // counted once.
-        let sql = "SELECT substr(created_at, 1, 10) AS day, currency, CAST(sum(total_minor) AS BIGINT), count(*) \
-                   FROM orders WHERE created_at >= ? AND created_at < ? \
-                   AND bucket IN (SELECT bucket FROM order_buckets WHERE state <> 'gone') \
-                   GROUP BY substr(created_at, 1, 10), currency";
         let lo = from.unwrap_or("0000-00-00").to_owned();
         // Every timestamp of day `to` sorts below "<to>~" ('~' follows every digit, 'T' and 'Z').
         let hi = format!("{}~", to.unwrap_or("9999-99-99"));
-        let per_shard = futures::future::join_all(self.shards.iter().map(|s| {
-            let (lo, hi) = (lo.clone(), hi.clone());
-            async move {
-                let rows: Vec<(String, String, i64, i64)> = on_shard!(s, |p, ph| {
-                    sqlx::query_as(&ph(sql))
-                        .bind(&lo)
-                        .bind(&hi)
-                        .fetch_all(p)
-                        .await?
-                });
-                Ok::<_, StoreError>(rows)
-            }
-        }))
-        .await;
+        let rows = self
+            .per_shard(|buckets| {
+                format!(
+                    "SELECT substr(created_at, 1, 10) AS day, currency, CAST(sum(total_minor) AS BIGINT), count(*) \
+                     FROM orders WHERE created_at >= ? AND created_at < ? AND bucket IN ({buckets}) \
+                     GROUP BY substr(created_at, 1, 10), currency"
+                )
+            }, &[&lo, &hi])
+            .await?;
         let mut merged: std::collections::BTreeMap<(String, String), (i64, i64)> =
             Default::default();
-        for rows in per_shard {
-            for (day, currency, total, n) in rows? {
-                let e = merged.entry((day, currency)).or_default();
-                e.0 += total;
-                e.1 += n;
-            }
+        for (day, currency, total, n) in rows.into_iter().flatten() {
+            let e = merged.entry((day, currency)).or_default();
+            e.0 += total;
+            e.1 += n;
         }
         Ok(merged
             .into_iter()
@@ -490,21 +502,71 @@ impl OrderShards {
             .collect())
     }
 
-    /// Orders per shard, in the buckets each serves (for status and tests).
+    /// Orders per shard (for status and tests).
     pub async fn counts(&self) -> Result<Vec<i64>, StoreError> {
-        let mut out = Vec::with_capacity(self.shards.len());
-        for s in &self.shards {
-            let n: i64 = on_shard!(s, |p, _ph| {
-                sqlx::query_scalar(
-                    "SELECT count(*) FROM orders \
-                     WHERE bucket IN (SELECT bucket FROM order_buckets WHERE state <> 'gone')",
-                )
-                .fetch_one(p)
-                .await?
-            });
-            out.push(n);
+        let rows = self
+            .per_shard(
+                |buckets| {
+                    format!(
+                        "SELECT '', '', CAST(count(*) AS BIGINT), CAST(0 AS BIGINT) FROM orders WHERE bucket IN ({buckets})"
+                    )
+                },
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.first().map(|x| x.2).unwrap_or(0))
+            .collect())
+    }
+
+    /// Runs a query on every shard in parallel, each over the buckets the map places there (so each
+    /// bucket is counted once, on the shard that holds it for that map version), and again if a move
+    /// switched the map meanwhile.
+    async fn per_shard(
+        &self,
+        sql: impl Fn(&str) -> String,
+        binds: &[&str],
+    ) -> Result<Vec<Vec<(String, String, i64, i64)>>, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let map = self.reload().await?;
+            let per_shard =
+                futures::future::join_all(self.shards.iter().enumerate().map(|(i, s)| {
+                    let mine: Vec<String> = map
+                        .entries()
+                        .iter()
+                        .enumerate()
+                        .filter(|&(_, &sh)| usize::from(sh) == i)
+                        .map(|(b, _)| b.to_string())
+                        .collect();
+                    // Bucket numbers are ours (0..1024), never input: inlined, not bound.
+                    let list = if mine.is_empty() {
+                        "-1".to_owned()
+                    } else {
+                        mine.join(",")
+                    };
+                    let q = sql(&list);
+                    async move {
+                        let rows: Vec<(String, String, i64, i64)> = on_shard!(s, |p, ph| {
+                            let q = ph(&q);
+                            let mut q = sqlx::query_as(&q);
+                            for b in binds {
+                                q = q.bind(*b);
+                            }
+                            q.fetch_all(p).await?
+                        });
+                        Ok::<_, StoreError>(rows)
+                    }
+                }))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()?;
+            if self.reload().await?.version() == map.version() || tries >= 5 {
+                return Ok(per_shard);
+            }
         }
-        Ok(out)
     }
 
     /// Closes every shard's pool.

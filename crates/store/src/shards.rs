@@ -88,6 +88,10 @@ pub struct ShardMove {
     pub to: u16,
     /// When the move began (RFC 3339).
     pub started_at: String,
+    /// The mover at work (a random name per `tenfold shards move` run).
+    pub owner: String,
+    /// When that mover last showed it was alive (Unix ms).
+    pub active_ms: i64,
 }
 
 /// Which shard holds each bucket, at a version.

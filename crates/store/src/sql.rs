@@ -32,6 +32,9 @@ pub(crate) struct Sql {
     pub(crate) bump_shard_version: String,
     pub(crate) shard_moves: String,
     pub(crate) insert_shard_move: String,
+    pub(crate) take_shard_move: String,
+    pub(crate) touch_shard_move: String,
+    pub(crate) release_shard_move: String,
     pub(crate) shard_move: String,
     pub(crate) delete_shard_move: String,
     pub(crate) unreserve: String,
@@ -90,14 +93,23 @@ impl Sql {
             grow_shards: p("UPDATE shard_map_meta SET shards = ?, version = version + 1 WHERE id = 1 AND shards < ?".into()),
             switch_bucket: p("UPDATE shard_map SET shard = ? WHERE bucket = ? AND shard = ?".into()),
             bump_shard_version: "UPDATE shard_map_meta SET version = version + 1 WHERE id = 1".into(),
-            shard_moves: "SELECT bucket, from_shard, to_shard, started_at FROM shard_moves ORDER BY bucket".into(),
+            shard_moves: "SELECT bucket, from_shard, to_shard, started_at, owner, active_ms FROM shard_moves ORDER BY bucket".into(),
             insert_shard_move: p(
-                "INSERT INTO shard_moves (bucket, from_shard, to_shard, started_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (bucket) DO NOTHING"
+                "INSERT INTO shard_moves (bucket, from_shard, to_shard, started_at, owner, active_ms) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (bucket) DO NOTHING"
                     .into(),
             ),
-            shard_move: p("SELECT bucket, from_shard, to_shard, started_at FROM shard_moves WHERE bucket = ?".into()),
-            delete_shard_move: p("DELETE FROM shard_moves WHERE bucket = ?".into()),
+            take_shard_move: p(
+                "UPDATE shard_moves SET owner = ?, active_ms = ? \
+                 WHERE bucket = ? AND to_shard = ? AND (owner = ? OR active_ms < ?)"
+                    .into(),
+            ),
+            touch_shard_move: p("UPDATE shard_moves SET active_ms = ? WHERE bucket = ? AND owner = ?".into()),
+            release_shard_move: p("UPDATE shard_moves SET active_ms = 0 WHERE bucket = ? AND owner = ?".into()),
+            shard_move: p(
+                "SELECT bucket, from_shard, to_shard, started_at, owner, active_ms FROM shard_moves WHERE bucket = ?".into(),
+            ),
+            delete_shard_move: p("DELETE FROM shard_moves WHERE bucket = ? AND owner = ?".into()),
             reserve: p("INSERT INTO order_reservations (order_id, items, created_ms) VALUES (?, ?, ?)".into()),
             unreserve: p("DELETE FROM order_reservations WHERE order_id = ? RETURNING items".into()),
             stale_reservations: p(

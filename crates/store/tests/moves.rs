@@ -44,6 +44,7 @@ fn customers_in(b: Bucket, k: usize) -> Vec<i64> {
 
 struct Cluster {
     catalog: Store,
+    catalog_url: String,
     urls: Vec<String>,
     _dbs: Vec<TestDb>,
 }
@@ -52,6 +53,7 @@ impl Cluster {
     async fn new(engine: Engine, shards: usize) -> Cluster {
         let cat = TestDb::new(engine).await;
         let catalog = cat.store().await;
+        let catalog_url = cat.url.clone();
         let mut dbs = vec![cat];
         let mut urls = Vec::new();
         for _ in 0..shards {
@@ -61,6 +63,7 @@ impl Cluster {
         }
         Cluster {
             catalog,
+            catalog_url,
             urls,
             _dbs: dbs,
         }
@@ -75,7 +78,15 @@ impl Cluster {
 
     /// Runs SQL on shard `n` directly (what a crashed mover leaves behind).
     async fn raw(&self, n: usize, sql: &str) {
-        let url = &self.urls[n];
+        Self::raw_on(&self.urls[n], sql).await;
+    }
+
+    /// Runs SQL on the catalog directly.
+    async fn raw_catalog(&self, sql: &str) {
+        Self::raw_on(&self.catalog_url, sql).await;
+    }
+
+    async fn raw_on(url: &str, sql: &str) {
         if url.starts_with("sqlite:") {
             let p = sqlx::SqlitePool::connect(url).await.unwrap();
             sqlx::raw_sql(sql).execute(&p).await.unwrap();
@@ -245,6 +256,32 @@ async fn orders_written_during_moves_are_all_kept_once() {
     }
 }
 
+/// What a mover that died leaves in the catalog: its claim, silent since long ago.
+async fn dead_mover(c: &Cluster, bucket: Bucket, from: u16, to: u16) {
+    let silence = format!(
+        "UPDATE shard_moves SET active_ms = 0 WHERE bucket = {}",
+        bucket.get()
+    );
+    c.raw_catalog(&silence).await;
+    let m = ShardMove {
+        bucket,
+        from,
+        to,
+        started_at: "2027-01-01T00:00:00Z".into(),
+        owner: "dead-mover".into(),
+        active_ms: 0,
+    };
+    assert_eq!(
+        c.catalog
+            .claim_shard_move(&m, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .owner,
+        "dead-mover"
+    );
+    c.raw_catalog(&silence).await;
+}
+
 #[tokio::test]
 async fn a_dead_movers_move_is_resumed_and_a_fence_left_behind_bounds_the_wait() {
     for engine in engines() {
@@ -257,16 +294,25 @@ async fn a_dead_movers_move_is_resumed_and_a_fence_left_behind_bounds_the_wait()
         for _ in 0..5 {
             a.insert(&order(cust)).await.unwrap();
         }
-        // A mover died fenced, after copying part of the bucket.
+        // A live mover's claim is respected: another run is refused.
+        let live = ShardMove {
+            bucket: x,
+            from,
+            to,
+            started_at: "2027-01-01T00:00:00Z".into(),
+            owner: "live-mover".into(),
+            active_ms: 0,
+        };
         c.catalog
-            .begin_shard_move(&ShardMove {
-                bucket: x,
-                from,
-                to,
-                started_at: "2027-01-01T00:00:00Z".into(),
-            })
+            .claim_shard_move(&live, Duration::from_secs(30))
             .await
             .unwrap();
+        assert!(matches!(
+            a.move_bucket(x, to).await,
+            Err(StoreError::Conflict(m)) if m.contains("another mover")
+        ));
+        // That mover dies fenced.
+        dead_mover(&c, x, from, to).await;
         c.raw(
             usize::from(from),
             &format!(
@@ -288,10 +334,10 @@ async fn a_dead_movers_move_is_resumed_and_a_fence_left_behind_bounds_the_wait()
         );
         assert!(t.elapsed() >= Duration::from_millis(300));
         assert_eq!(ids_of(&patient, cust).await.len(), 5);
-        // Another move of the bucket is refused while this one is unfinished.
+        // A move of the bucket elsewhere is refused while this one is unfinished.
         assert!(matches!(
-            a.move_bucket(x, from).await,
-            Err(StoreError::Conflict(m)) if m.contains("already moving")
+            a.move_bucket(x, 2).await,
+            Err(StoreError::Conflict(m)) if m.contains("no shard 2")
         ));
         // Running the same move again finishes it.
         let r = a.move_bucket(x, to).await.unwrap();
@@ -302,6 +348,102 @@ async fn a_dead_movers_move_is_resumed_and_a_fence_left_behind_bounds_the_wait()
         assert!(c.catalog.shard_moves().await.unwrap().is_empty());
         a.close().await;
         patient.close().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unfinished_move_can_be_abandoned_and_one_past_its_flip_only_finished() {
+    for engine in engines() {
+        let c = Cluster::new(engine, 2).await;
+        let a = c.instance().await;
+        let x = bucket_of(5);
+        let from = a.map().shard_of(x);
+        let to = 1 - from;
+        let cust = customers_in(x, 1)[0];
+        for _ in 0..4 {
+            a.insert(&order(cust)).await.unwrap();
+        }
+        // Abandon: a dead mover had fenced the source and copied some rows.
+        dead_mover(&c, x, from, to).await;
+        c.raw(
+            usize::from(from),
+            &format!(
+                "UPDATE order_buckets SET state = 'fenced' WHERE bucket = {}",
+                x.get()
+            ),
+        )
+        .await;
+        let r = a.move_bucket(x, from).await.unwrap();
+        assert_eq!((r.from, r.to, r.orders), (from, from, 4));
+        assert!(c.catalog.shard_moves().await.unwrap().is_empty());
+        a.insert(&order(cust)).await.unwrap(); // writable again, on the source
+        assert_eq!(a.checksum(from, x).await.unwrap().0, 5);
+        assert_eq!(a.checksum(to, x).await.unwrap().0, 0);
+
+        // Past the flip: a mover copied everything, made the destination the owner and died before the
+        // switch. Simulated from a finished move by putting the catalog's map back.
+        a.move_bucket(x, to).await.unwrap();
+        c.raw_catalog(&format!(
+            "UPDATE shard_map SET shard = {from} WHERE bucket = {}; \
+             UPDATE shard_map_meta SET version = version + 1",
+            x.get()
+        ))
+        .await;
+        dead_mover(&c, x, from, to).await;
+        // It cannot be abandoned (the destination may already hold newer orders) ...
+        assert!(matches!(
+            a.move_bucket(x, from).await,
+            Err(StoreError::Conflict(m)) if m.contains("finish it")
+        ));
+        // ... and running it again finishes it with the switch alone.
+        let stale = c.instance().await;
+        assert_eq!(stale.map().shard_of(x), from);
+        let r = a.move_bucket(x, to).await.unwrap();
+        assert!(r.resumed);
+        assert_eq!((r.from, r.to, r.copied, r.orders), (from, to, 0, 5));
+        assert_eq!(ids_of(&stale, cust).await.len(), 5);
+        assert_eq!(a.counts().await.unwrap().iter().sum::<i64>(), 5);
+        a.close().await;
+        stale.close().await;
+    }
+}
+
+#[tokio::test]
+async fn movers_racing_on_one_bucket_never_lose_or_double_an_order() {
+    for engine in engines() {
+        let c = Cluster::new(engine, 3).await;
+        let (a, b) = (c.instance().await, c.instance().await);
+        let x = bucket_of(6);
+        let home = a.map().shard_of(x);
+        let cust = customers_in(x, 1)[0];
+        for _ in 0..300 {
+            a.insert(&order(cust)).await.unwrap();
+        }
+        let (t1, t2) = ((home + 1) % 3, (home + 2) % 3);
+        for (m1, m2) in [(t1, t1), (t1, t2)] {
+            let (r1, r2) = tokio::join!(a.move_bucket(x, m1), b.move_bucket(x, m2));
+            let moved = [&r1, &r2]
+                .iter()
+                .filter(|r| matches!(r, Ok(r) if r.from != r.to))
+                .count();
+            assert!(moved <= 1, "{engine:?}: {r1:?} {r2:?}");
+            for r in [&r1, &r2] {
+                if let Err(e) = r {
+                    assert!(matches!(e, StoreError::Conflict(_)), "{e:?}");
+                }
+            }
+            // Whatever happened, a move left unfinished is finished by running it again.
+            for m in c.catalog.shard_moves().await.unwrap() {
+                c.raw_catalog("UPDATE shard_moves SET active_ms = 0").await;
+                a.move_bucket(m.bucket, m.to).await.unwrap();
+            }
+            assert_eq!(ids_of(&b, cust).await.len(), 300, "{engine:?}");
+            assert_eq!(a.counts().await.unwrap().iter().sum::<i64>(), 300);
+            let at = a.reload().await.unwrap().shard_of(x);
+            assert_eq!(a.checksum(at, x).await.unwrap().0, 300);
+        }
+        a.close().await;
+        b.close().await;
     }
 }
 

@@ -129,17 +129,33 @@ impl CatalogStore for CountingStore {
     async fn shard_moves(&self) -> Result<Vec<tenfold_store::shards::ShardMove>, StoreError> {
         self.inner.shard_moves().await
     }
-    async fn begin_shard_move(
+    async fn claim_shard_move(
         &self,
         m: &tenfold_store::shards::ShardMove,
+        stale_after: std::time::Duration,
     ) -> Result<tenfold_store::shards::ShardMove, StoreError> {
-        self.inner.begin_shard_move(m).await
+        self.inner.claim_shard_move(m, stale_after).await
+    }
+    async fn touch_shard_move(
+        &self,
+        bucket: tenfold_store::shards::Bucket,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.touch_shard_move(bucket, owner).await
+    }
+    async fn release_shard_move(
+        &self,
+        bucket: tenfold_store::shards::Bucket,
+        owner: &str,
+    ) -> Result<(), StoreError> {
+        self.inner.release_shard_move(bucket, owner).await
     }
     async fn end_shard_move(
         &self,
         bucket: tenfold_store::shards::Bucket,
+        owner: &str,
     ) -> Result<(), StoreError> {
-        self.inner.end_shard_move(bucket).await
+        self.inner.end_shard_move(bucket, owner).await
     }
     async fn release_reservation(&self, order_id: i64) -> Result<(), StoreError> {
         self.inner.release_reservation(order_id).await
