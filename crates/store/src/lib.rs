@@ -18,6 +18,7 @@ mod feed;
 #[macro_use]
 mod orders;
 mod moves;
+pub mod queue;
 mod replicas;
 pub mod shards;
 mod sql;

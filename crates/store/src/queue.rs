@@ -1,0 +1,804 @@
+//! The durable job queue, in the catalog's own database (SQLite or PostgreSQL), so that a job can be
+//! enqueued in the same transaction as the row it works on.
+//!
+//! Semantics (the same on both engines, and what the NATS backend must match):
+//! - At-least-once: a claimed job is leased until `lease_until`; the worker renews the lease with
+//!   heartbeats; a lease that expires puts the job back (or dead-letters it once its attempts are spent).
+//! - Fencing: every claim increments the job's `lease` counter and hands it to the worker as its token;
+//!   heartbeats, completion, failure and release name the token and change nothing once another claim
+//!   has taken the job (or it was cancelled).
+//! - Retries with exponential backoff and full jitter; `max_attempts` spent → `dead` with the reason;
+//!   a permanent failure (bad input) → `failed`, never retried. Dead jobs go back with `retry_dead`.
+//! - Idempotency keys: enqueueing a key that exists returns the existing job.
+//! - Priorities (higher first), run-at scheduling, cancellation (a running job's worker sees it at its
+//!   next heartbeat).
+//! - PostgreSQL claims a batch with `FOR UPDATE SKIP LOCKED`; SQLite has one writer, so a claim is one
+//!   `UPDATE ... RETURNING`. Finished jobs are pruned after a retention period, and the table is created
+//!   with a low fill factor so that state changes are HOT updates (PostgreSQL bloat stays bounded).
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Pool, Postgres, Sqlite};
+
+use crate::StoreError;
+
+/// The channel PostgreSQL wake-ups are sent on.
+const CHANNEL: &str = "tenfold_jobs";
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting to be claimed (maybe not before `run_at`).
+    Queued,
+    /// Claimed by a worker, under a lease.
+    Running,
+    /// Finished; `result` holds what it produced.
+    Done,
+    /// Ended by a permanent error (bad input); not retried.
+    Failed,
+    /// Its attempts are spent; `last_error` says why. `retry_dead` puts it back.
+    Dead,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<JobState, StoreError> {
+        Ok(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "done" => JobState::Done,
+            "failed" => JobState::Failed,
+            "dead" => JobState::Dead,
+            "cancelled" => JobState::Cancelled,
+            other => return Err(StoreError::Other(format!("bad job state {other:?}").into())),
+        })
+    }
+
+    /// Whether the job will not change any more (unless a dead job is retried).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Dead | JobState::Cancelled
+        )
+    }
+}
+
+/// A job to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The queue (workers choose the queues they serve).
+    pub queue: String,
+    /// What to do (a worker runs only kinds it has a handler for).
+    pub kind: String,
+    /// The handler's input.
+    pub args: serde_json::Value,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Not before this (Unix ms); now when `None`.
+    pub run_at_ms: Option<i64>,
+    /// Attempts before the job is dead-lettered.
+    pub max_attempts: u32,
+    /// A key that makes enqueueing idempotent: the same key again returns the first job.
+    pub idempotency_key: Option<String>,
+}
+
+impl NewJob {
+    /// A job of `kind` on `queue` with default priority (0), now, 20 attempts, no key.
+    pub fn new(queue: &str, kind: &str, args: serde_json::Value) -> NewJob {
+        NewJob {
+            queue: queue.to_owned(),
+            kind: kind.to_owned(),
+            args,
+            priority: 0,
+            run_at_ms: None,
+            max_attempts: 20,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Its id.
+    pub id: i64,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its input.
+    pub args: serde_json::Value,
+    /// Where it is.
+    pub state: JobState,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Not before (Unix ms).
+    pub run_at_ms: i64,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// 0-100, as the worker last reported.
+    pub progress: u8,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// What it produced (when done).
+    pub result: Option<serde_json::Value>,
+    /// The idempotency key it was enqueued with.
+    pub idempotency_key: Option<String>,
+    /// The worker holding it (when running).
+    pub worker: Option<String>,
+    /// Unix ms.
+    pub created_ms: i64,
+    /// Unix ms of the last change.
+    pub updated_ms: i64,
+    /// Unix ms when it finished.
+    pub finished_ms: Option<i64>,
+}
+
+/// A claimed job and the fencing token its worker must show.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The job, as claimed.
+    pub job: Job,
+    /// The claim's number: later calls with an older token change nothing.
+    pub token: i64,
+}
+
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// The lease is renewed.
+    Renewed,
+    /// The job was cancelled: stop working on it.
+    Cancelled,
+    /// Another claim has the job (this worker's lease expired): stop, and do not complete it.
+    Lost,
+}
+
+/// How a failed attempt ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth another attempt (after backoff), until the attempts are spent.
+    Retryable,
+    /// Bad input: the job ends `failed` at once.
+    Permanent,
+}
+
+/// One queue's numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Queued and due now.
+    pub ready: i64,
+    /// Queued for later.
+    pub scheduled: i64,
+    /// Claimed by workers.
+    pub running: i64,
+    /// Dead-lettered.
+    pub dead: i64,
+    /// Ended by a permanent failure.
+    pub failed: i64,
+    /// How long the oldest due job has waited, in ms (0 when none).
+    pub oldest_ready_ms: i64,
+}
+
+/// Retry backoff: attempt n waits a random time in [d/2, d], d = min(base × 2^(n-1), cap).
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The first retry's delay.
+    pub base: Duration,
+    /// The longest delay.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before the retry that follows attempt `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let d = exp.min(self.cap);
+        let half = d / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+enum QueuePool {
+    Sqlite(Pool<Sqlite>),
+    Postgres(Pool<Postgres>),
+}
+
+/// The queue, over its own pool on the catalog's database.
+pub struct JobQueue {
+    pool: QueuePool,
+    url: String,
+    backoff: Backoff,
+    /// PostgreSQL: when this process last sent a wake-up (ms), so bursts send one.
+    last_wake: AtomicI64,
+    wake_pending: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+const COLS: &str = "id, queue, kind, args, state, priority, run_at, attempts, max_attempts, progress, \
+                    last_error, result, idempotency_key, worker, created_ms, updated_ms, finished_ms, lease";
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: i64,
+    queue: String,
+    kind: String,
+    args: String,
+    state: String,
+    priority: i64,
+    run_at: i64,
+    attempts: i64,
+    max_attempts: i64,
+    progress: i64,
+    last_error: Option<String>,
+    result: Option<String>,
+    idempotency_key: Option<String>,
+    worker: Option<String>,
+    created_ms: i64,
+    updated_ms: i64,
+    finished_ms: Option<i64>,
+    lease: i64,
+}
+
+fn job_of(r: JobRow) -> Result<(Job, i64), StoreError> {
+    let json = |s: &str| serde_json::from_str(s).map_err(|e| StoreError::Other(Box::new(e)));
+    Ok((
+        Job {
+            id: r.id,
+            queue: r.queue,
+            kind: r.kind,
+            args: json(&r.args)?,
+            state: JobState::parse(&r.state)?,
+            priority: r.priority as i32,
+            run_at_ms: r.run_at,
+            attempts: r.attempts as u32,
+            max_attempts: r.max_attempts as u32,
+            progress: r.progress.clamp(0, 100) as u8,
+            last_error: r.last_error,
+            result: r.result.as_deref().map(json).transpose()?,
+            idempotency_key: r.idempotency_key,
+            worker: r.worker,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+            finished_ms: r.finished_ms,
+        },
+        r.lease,
+    ))
+}
+
+/// Runs the same statement on either engine, `?` placeholders rewritten for PostgreSQL.
+macro_rules! on_queue {
+    ($pool:expr, |$p:ident, $ph:ident| $body:expr) => {
+        match $pool {
+            QueuePool::Sqlite($p) => {
+                let $ph = |s: &str| s.to_owned();
+                $body
+            }
+            QueuePool::Postgres($p) => {
+                let $ph = |s: &str| crate::sql::dollar_params(s);
+                $body
+            }
+        }
+    };
+}
+
+impl JobQueue {
+    /// Opens the queue on the database `url` names (the catalog's), with its own small pool. The tables
+    /// come from the catalog's migrations.
+    pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<JobQueue, StoreError> {
+        let pool = if url.starts_with("sqlite:") {
+            let o = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StoreError::setup("parsing the queue's database URL", e))?
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5));
+            // One connection: SQLite has one writer, and every queue operation but reads writes.
+            QueuePool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(acquire_timeout)
+                    .connect_with(o)
+                    .await
+                    .map_err(|e| StoreError::setup("opening the job queue", e))?,
+            )
+        } else {
+            let o = PgConnectOptions::from_str(url)
+                .map_err(|e| StoreError::setup("parsing the queue's database URL", e))?
+                .application_name("tenfold-jobs");
+            QueuePool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(acquire_timeout)
+                    .connect_with(o)
+                    .await
+                    .map_err(|e| StoreError::setup("opening the job queue", e))?,
+            )
+        };
+        Ok(JobQueue {
+            pool,
+            url: url.to_owned(),
+            backoff: Backoff::default(),
+            last_wake: AtomicI64::new(0),
+            wake_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        })
+    }
+
+    /// The retry backoff (default: 1 s doubling to 10 min).
+    pub fn with_backoff(mut self, backoff: Backoff) -> JobQueue {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Enqueues a job; with an idempotency key that exists, returns the existing job instead (and
+    /// `false`).
+    pub async fn enqueue(&self, new: &NewJob) -> Result<(Job, bool), StoreError> {
+        let now = now_ms();
+        let args = serde_json::to_string(&new.args).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let sql = format!(
+            "INSERT INTO jobs (queue, kind, args, state, priority, run_at, attempts, max_attempts, progress, \
+             idempotency_key, created_ms, updated_ms, lease) \
+             VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, 0, ?, ?, ?, 0) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLS}"
+        );
+        let row: Option<JobRow> = on_queue!(&self.pool, |p, ph| {
+            sqlx::query_as(&ph(&sql))
+                .bind(&new.queue)
+                .bind(&new.kind)
+                .bind(&args)
+                .bind(i64::from(new.priority))
+                .bind(new.run_at_ms.unwrap_or(now))
+                .bind(i64::from(new.max_attempts.max(1)))
+                .bind(&new.idempotency_key)
+                .bind(now)
+                .bind(now)
+                .fetch_optional(p)
+                .await?
+        });
+        match row {
+            Some(r) => {
+                self.wake(&new.queue).await;
+                Ok((job_of(r)?.0, true))
+            }
+            None => {
+                let sql = format!("SELECT {COLS} FROM jobs WHERE idempotency_key = ?");
+                let r: JobRow = on_queue!(&self.pool, |p, ph| {
+                    sqlx::query_as(&ph(&sql))
+                        .bind(&new.idempotency_key)
+                        .fetch_one(p)
+                        .await?
+                });
+                Ok((job_of(r)?.0, false))
+            }
+        }
+    }
+
+    /// A job by id.
+    pub async fn get(&self, id: i64) -> Result<Option<Job>, StoreError> {
+        let sql = format!("SELECT {COLS} FROM jobs WHERE id = ?");
+        let r: Option<JobRow> = on_queue!(&self.pool, |p, ph| {
+            sqlx::query_as(&ph(&sql)).bind(id).fetch_optional(p).await?
+        });
+        r.map(|r| job_of(r).map(|j| j.0)).transpose()
+    }
+
+    /// Puts the jobs whose lease expired (their worker stopped heartbeating) back in the queue, or
+    /// dead-letters those whose attempts are spent. Returns how many.
+    pub async fn reap_expired(&self) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let sql = "UPDATE jobs SET \
+             state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END, \
+             last_error = 'the lease expired: worker ' || COALESCE(worker, 'unknown') || ' stopped heartbeating', \
+             finished_ms = CASE WHEN attempts >= max_attempts THEN ? ELSE NULL END, \
+             run_at = ?, lease_until = NULL, worker = NULL, updated_ms = ? \
+             WHERE state = 'running' AND lease_until < ?";
+        Ok(on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .execute(p)
+                .await?
+                .rows_affected()
+        }))
+    }
+
+    /// Claims up to `n` due jobs of `queues` whose kind is in `kinds`, highest priority first, for
+    /// `worker`, leased for `lease`. Expired leases are reaped first.
+    pub async fn claim(
+        &self,
+        queues: &[String],
+        kinds: &[String],
+        worker: &str,
+        n: u32,
+        lease: Duration,
+    ) -> Result<Vec<Lease>, StoreError> {
+        if n == 0 || queues.is_empty() || kinds.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.reap_expired().await?;
+        let now = now_ms();
+        let q = serde_json::to_string(queues).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let k = serde_json::to_string(kinds).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let rows: Vec<JobRow> = match &self.pool {
+            QueuePool::Sqlite(p) => {
+                let sql = format!(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = lease + 1, \
+                     lease_until = ?1, worker = ?2, updated_ms = ?3 \
+                     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= ?3 \
+                       AND queue IN (SELECT value FROM json_each(?4)) AND kind IN (SELECT value FROM json_each(?5)) \
+                       ORDER BY priority DESC, run_at, id LIMIT ?6) \
+                     RETURNING {COLS}"
+                );
+                sqlx::query_as(&sql)
+                    .bind(now + lease.as_millis() as i64)
+                    .bind(worker)
+                    .bind(now)
+                    .bind(&q)
+                    .bind(&k)
+                    .bind(i64::from(n))
+                    .fetch_all(p)
+                    .await?
+            }
+            QueuePool::Postgres(p) => {
+                let sql = format!(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = lease + 1, \
+                     lease_until = $1, worker = $2, updated_ms = $3 \
+                     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3 \
+                       AND queue IN (SELECT jsonb_array_elements_text($4::jsonb)) \
+                       AND kind IN (SELECT jsonb_array_elements_text($5::jsonb)) \
+                       ORDER BY priority DESC, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
+                     RETURNING {COLS}"
+                );
+                sqlx::query_as(&sql)
+                    .bind(now + lease.as_millis() as i64)
+                    .bind(worker)
+                    .bind(now)
+                    .bind(&q)
+                    .bind(&k)
+                    .bind(i64::from(n))
+                    .fetch_all(p)
+                    .await?
+            }
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (job, token) = job_of(r)?;
+            out.push(Lease { job, token });
+        }
+        out.sort_by(|a, b| {
+            b.job
+                .priority
+                .cmp(&a.job.priority)
+                .then(a.job.run_at_ms.cmp(&b.job.run_at_ms))
+                .then(a.job.id.cmp(&b.job.id))
+        });
+        Ok(out)
+    }
+
+    /// Renews a lease and records progress (0-100) if given.
+    pub async fn heartbeat(
+        &self,
+        lease: &Lease,
+        extend: Duration,
+        progress: Option<u8>,
+    ) -> Result<Beat, StoreError> {
+        let now = now_ms();
+        let sql =
+            "UPDATE jobs SET lease_until = ?, progress = COALESCE(?, progress), updated_ms = ? \
+                   WHERE id = ? AND lease = ? AND state = 'running'";
+        let n = on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(now + extend.as_millis() as i64)
+                .bind(progress.map(|x| i64::from(x.min(100))))
+                .bind(now)
+                .bind(lease.job.id)
+                .bind(lease.token)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        if n == 1 {
+            return Ok(Beat::Renewed);
+        }
+        Ok(match self.get(lease.job.id).await? {
+            Some(j) if j.state == JobState::Cancelled => Beat::Cancelled,
+            _ => Beat::Lost,
+        })
+    }
+
+    /// Ends a job done with its result; false (and nothing changes) if this lease no longer holds it.
+    pub async fn complete(
+        &self,
+        lease: &Lease,
+        result: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let result = serde_json::to_string(result).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let sql = "UPDATE jobs SET state = 'done', result = ?, progress = 100, finished_ms = ?, \
+                   lease_until = NULL, updated_ms = ? WHERE id = ? AND lease = ? AND state = 'running'";
+        Ok(on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(result)
+                .bind(now)
+                .bind(now)
+                .bind(lease.job.id)
+                .bind(lease.token)
+                .execute(p)
+                .await?
+                .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Records a failed attempt: a retryable failure goes back to the queue after a backoff (or is
+    /// dead-lettered when the attempts are spent); a permanent one ends the job `failed`. False if this
+    /// lease no longer holds the job.
+    pub async fn fail(
+        &self,
+        lease: &Lease,
+        error: &str,
+        kind: Failure,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let (state, run_at, finished) = match kind {
+            Failure::Permanent => (JobState::Failed, now, Some(now)),
+            Failure::Retryable if lease.job.attempts >= lease.job.max_attempts => {
+                (JobState::Dead, now, Some(now))
+            }
+            Failure::Retryable => (
+                JobState::Queued,
+                now + self.backoff.delay(lease.job.attempts).as_millis() as i64,
+                None,
+            ),
+        };
+        let error = if state == JobState::Dead {
+            format!(
+                "{error} (attempt {} of {}; dead-lettered)",
+                lease.job.attempts, lease.job.max_attempts
+            )
+        } else {
+            error.to_owned()
+        };
+        let sql = "UPDATE jobs SET state = ?, last_error = ?, run_at = ?, finished_ms = ?, \
+                   lease_until = NULL, worker = NULL, updated_ms = ? \
+                   WHERE id = ? AND lease = ? AND state = 'running'";
+        Ok(on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(state.as_str())
+                .bind(&error)
+                .bind(run_at)
+                .bind(finished)
+                .bind(now)
+                .bind(lease.job.id)
+                .bind(lease.token)
+                .execute(p)
+                .await?
+                .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Gives a claimed job back unrun (a worker shutting down): the attempt does not count.
+    pub async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let sql = "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_until = NULL, \
+                   worker = NULL, run_at = ?, updated_ms = ? WHERE id = ? AND lease = ? AND state = 'running'";
+        let n = on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(now)
+                .bind(now)
+                .bind(lease.job.id)
+                .bind(lease.token)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        if n == 1 {
+            self.wake(&lease.job.queue).await;
+        }
+        Ok(n == 1)
+    }
+
+    /// Cancels a job that has not finished; returns it as it is now (`None` if there is no such job).
+    pub async fn cancel(&self, id: i64) -> Result<Option<Job>, StoreError> {
+        let now = now_ms();
+        let sql = "UPDATE jobs SET state = 'cancelled', finished_ms = ?, lease_until = NULL, updated_ms = ? \
+                   WHERE id = ? AND state IN ('queued', 'running')";
+        on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(now)
+                .bind(now)
+                .bind(id)
+                .execute(p)
+                .await?;
+        });
+        self.get(id).await
+    }
+
+    /// Puts dead jobs (of `queue`, or all) back in the queue with their attempts reset. Returns how many.
+    pub async fn retry_dead(&self, queue: Option<&str>) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let sql = "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?, finished_ms = NULL, updated_ms = ? \
+                   WHERE state = 'dead' AND (? IS NULL OR queue = ?)";
+        let n = on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(now)
+                .bind(now)
+                .bind(queue)
+                .bind(queue)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        if n > 0 {
+            self.wake(queue.unwrap_or("")).await;
+        }
+        Ok(n)
+    }
+
+    /// Depth, running, dead and the oldest due job's age, per queue.
+    pub async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        let now = now_ms();
+        let sql = "SELECT queue, \
+             CAST(sum(CASE WHEN state = 'queued' AND run_at <= ? THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(sum(CASE WHEN state = 'queued' AND run_at > ? THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(sum(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(sum(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(COALESCE(min(CASE WHEN state = 'queued' AND run_at <= ? THEN run_at END), ?) AS BIGINT) \
+             FROM jobs WHERE state IN ('queued', 'running', 'dead', 'failed') GROUP BY queue ORDER BY queue";
+        let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = on_queue!(&self.pool, |p, ph| {
+            sqlx::query_as(&ph(sql))
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(
+                |(queue, ready, scheduled, running, dead, failed, oldest)| QueueStats {
+                    queue,
+                    ready,
+                    scheduled,
+                    running,
+                    dead,
+                    failed,
+                    oldest_ready_ms: (now - oldest).max(0),
+                },
+            )
+            .collect())
+    }
+
+    /// Deletes jobs that finished (done or cancelled) more than `older_than` ago, in batches; returns
+    /// how many. Dead and failed jobs stay until retried or looked at.
+    pub async fn prune(&self, older_than: Duration) -> Result<u64, StoreError> {
+        let cutoff = now_ms() - older_than.as_millis() as i64;
+        let sql = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE state IN ('done', 'cancelled') \
+                   AND finished_ms < ? LIMIT 1000)";
+        let mut total = 0;
+        loop {
+            let n = on_queue!(&self.pool, |p, ph| {
+                sqlx::query(&ph(sql))
+                    .bind(cutoff)
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+            });
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Tells waiting workers there is work. PostgreSQL: one NOTIFY per 20 ms window per process at most
+    /// (a burst of enqueues sends one at its start and one at its end), not one per job; SQLite workers
+    /// poll instead.
+    async fn wake(&self, _queue: &str) {
+        let QueuePool::Postgres(p) = &self.pool else {
+            return;
+        };
+        let now = now_ms();
+        let last = self.last_wake.load(Ordering::Relaxed);
+        if now - last >= 20
+            && self
+                .last_wake
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let _ = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(p)
+                .await;
+            return;
+        }
+        // Inside the window: make sure one more wake-up follows it, for jobs enqueued after the first.
+        if !self.wake_pending.swap(true, Ordering::Relaxed) {
+            let (p, pending) = (p.clone(), self.wake_pending.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                pending.store(false, Ordering::Relaxed);
+                let _ = sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(CHANNEL)
+                    .execute(&p)
+                    .await;
+            });
+        }
+    }
+
+    /// A stream of wake-ups: PostgreSQL notifications on the jobs channel; on SQLite, a tick every
+    /// `poll`. Workers also poll at `poll` on PostgreSQL, so a lost notification costs at most that.
+    pub async fn waker(&self, poll: Duration) -> Result<Waker, StoreError> {
+        let listener = match &self.pool {
+            QueuePool::Postgres(_) => {
+                let mut l = PgListener::connect(&self.url).await?;
+                l.listen(CHANNEL).await?;
+                Some(l)
+            }
+            QueuePool::Sqlite(_) => None,
+        };
+        Ok(Waker { listener, poll })
+    }
+}
+
+/// Waits for a sign of work (see [`JobQueue::waker`]).
+pub struct Waker {
+    listener: Option<PgListener>,
+    poll: Duration,
+}
+
+impl Waker {
+    /// Returns at the next notification or after the poll interval, whichever comes first.
+    pub async fn wait(&mut self) {
+        match &mut self.listener {
+            Some(l) => {
+                let _ = tokio::time::timeout(self.poll, l.try_recv()).await;
+            }
+            None => tokio::time::sleep(self.poll).await,
+        }
+    }
+}
