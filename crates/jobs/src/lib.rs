@@ -98,10 +98,12 @@ pub struct WorkerOptions {
     pub poll: Duration,
     /// How long shutdown waits for running jobs before releasing them.
     pub grace: Duration,
+    /// Done and cancelled jobs older than this are deleted (checked every minute).
+    pub retention: Duration,
 }
 
 impl WorkerOptions {
-    /// Options for `queues` with defaults: 4 at once, 30 s leases, 1 s poll, 10 s grace.
+    /// Options for `queues` with defaults: 4 at once, 30 s leases, 1 s poll, 10 s grace, 24 h retention.
     pub fn new(name: &str, queues: &[&str]) -> WorkerOptions {
         WorkerOptions {
             name: name.to_owned(),
@@ -110,6 +112,7 @@ impl WorkerOptions {
             lease: Duration::from_secs(30),
             poll: Duration::from_secs(1),
             grace: Duration::from_secs(10),
+            retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -160,9 +163,20 @@ impl Worker {
         let counts = Arc::new(Counts::default());
         let mut tasks = JoinSet::new();
         let mut waker = self.queue.waker(self.opts.poll).await?;
+        let mut last_prune = Instant::now();
         tokio::pin!(shutdown);
         loop {
             while tasks.try_join_next().is_some() {}
+            if last_prune.elapsed() >= Duration::from_secs(60) {
+                last_prune = Instant::now();
+                match self.queue.prune(self.opts.retention).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(pruned = n, "deleted finished jobs past their retention")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
+                }
+            }
             let free = slots.available_permits();
             if free > 0 {
                 match self

@@ -199,6 +199,8 @@ pub struct QueueStats {
     pub dead: i64,
     /// Ended by a permanent failure.
     pub failed: i64,
+    /// Done (until pruned).
+    pub done: i64,
     /// How long the oldest due job has waited, in ms (0 when none).
     pub oldest_ready_ms: i64,
 }
@@ -686,27 +688,31 @@ impl JobQueue {
              CAST(sum(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(sum(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS BIGINT), \
+             CAST(sum(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(COALESCE(min(CASE WHEN state = 'queued' AND run_at <= ? THEN run_at END), ?) AS BIGINT) \
-             FROM jobs WHERE state IN ('queued', 'running', 'dead', 'failed') GROUP BY queue ORDER BY queue";
-        let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = on_queue!(&self.pool, |p, ph| {
-            sqlx::query_as(&ph(sql))
-                .bind(now)
-                .bind(now)
-                .bind(now)
-                .bind(now)
-                .fetch_all(p)
-                .await?
-        });
+             FROM jobs GROUP BY queue ORDER BY queue";
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(String, i64, i64, i64, i64, i64, i64, i64)> =
+            on_queue!(&self.pool, |p, ph| {
+                sqlx::query_as(&ph(sql))
+                    .bind(now)
+                    .bind(now)
+                    .bind(now)
+                    .bind(now)
+                    .fetch_all(p)
+                    .await?
+            });
         Ok(rows
             .into_iter()
             .map(
-                |(queue, ready, scheduled, running, dead, failed, oldest)| QueueStats {
+                |(queue, ready, scheduled, running, dead, failed, done, oldest)| QueueStats {
                     queue,
                     ready,
                     scheduled,
                     running,
                     dead,
                     failed,
+                    done,
                     oldest_ready_ms: (now - oldest).max(0),
                 },
             )

@@ -68,6 +68,53 @@ pub(crate) enum ShardsAction {
     },
 }
 
+/// What `tenfold jobs` does.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum JobsAction {
+    /// Enqueue jobs (the same one `--count` times; with `--idempotency-key`, once).
+    Enqueue {
+        /// The queue.
+        #[arg(long)]
+        queue: String,
+        /// The job's kind (a worker runs the kinds it has handlers for; `noop` is built in).
+        #[arg(long)]
+        kind: String,
+        /// The job's input, as JSON.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// How many.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        count: u32,
+        /// Higher runs first.
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Attempts before the job is dead-lettered.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        max_attempts: u32,
+        /// Makes the enqueue idempotent: the same key again returns the first job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Depth, running, dead and failed jobs, and the oldest due job's age, per queue.
+    Stats,
+    /// Put dead-lettered jobs back in their queue (all queues unless `--queue`).
+    RetryDead {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// One job, as JSON.
+    Show {
+        /// The job id.
+        id: i64,
+    },
+    /// Cancel a job that has not finished.
+    Cancel {
+        /// The job id.
+        id: i64,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum LogFormatArg {
     Text,
@@ -128,6 +175,29 @@ pub(crate) enum Command {
     Restart {
         #[command(flatten)]
         admin: AdminTarget,
+    },
+    /// Run a background worker: claims jobs of its queues and runs them; prints one line when ready.
+    Worker {
+        /// Queues to serve, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "media,import")]
+        queues: Vec<String>,
+        /// Jobs at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        concurrency: u16,
+        /// A job's lease, renewed by heartbeats; a worker that dies loses its jobs after this long.
+        #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+        lease_ms: u64,
+        /// On shutdown, how long running jobs may finish before they are released.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+        grace_ms: u64,
+        /// Shut down gracefully when stdin closes (set by a supervisor).
+        #[arg(long, hide = true)]
+        exit_on_stdin_eof: bool,
+    },
+    /// The job queue: `enqueue`, `stats`, `retry-dead`, `show`, `cancel`.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
     },
     /// Order shards: `status` (buckets and orders per shard), `move` (a bucket, online), `bucket` (of a customer).
     Shards {

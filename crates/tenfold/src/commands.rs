@@ -220,6 +220,26 @@ pub(crate) async fn run(
         }
         Command::Scale { spec, admin } => crate::up::scale(&spec, admin).await,
         Command::Restart { admin } => crate::up::restart(admin).await,
+        Command::Worker {
+            queues,
+            concurrency,
+            lease_ms,
+            grace_ms,
+            exit_on_stdin_eof,
+        } => {
+            crate::jobs::worker(
+                config,
+                crate::jobs::WorkerArgs {
+                    queues,
+                    concurrency,
+                    lease_ms,
+                    grace_ms,
+                    exit_on_stdin_eof,
+                },
+            )
+            .await
+        }
+        Command::Jobs { action } => crate::jobs::jobs(config, action).await,
         Command::Shards { action } => {
             let store = open_store(&config, true).await?;
             let shards = open_order_shards(&config, &store).await?;
@@ -372,7 +392,7 @@ pub(crate) async fn serve_balancer(
 
 /// Resolves when stdin reaches end of file. The read runs on a plain thread: a blocking read on
 /// tokio's stdin would keep the runtime from shutting down afterwards.
-async fn stdin_closed() {
+pub(crate) async fn stdin_closed() {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         use std::io::Read;

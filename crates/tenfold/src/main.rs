@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod jobs;
 mod up;
 
 use std::process::ExitCode;
