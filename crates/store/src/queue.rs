@@ -247,6 +247,8 @@ pub struct JobQueue {
     backoff: Backoff,
     /// PostgreSQL: when this process last sent a wake-up (ms), so bursts send one.
     last_wake: AtomicI64,
+    /// When this process last reaped expired leases (ms): claims reap at most once a second.
+    last_reap: AtomicI64,
     wake_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -361,6 +363,7 @@ impl JobQueue {
             url: url.to_owned(),
             backoff: Backoff::default(),
             last_wake: AtomicI64::new(0),
+            last_reap: AtomicI64::new(0),
             wake_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
@@ -446,7 +449,7 @@ impl JobQueue {
     }
 
     /// Claims up to `n` due jobs of `queues` whose kind is in `kinds`, highest priority first, for
-    /// `worker`, leased for `lease`. Expired leases are reaped first.
+    /// `worker`, leased for `lease`. Expired leases are reaped first (at most once a second per process).
     pub async fn claim(
         &self,
         queues: &[String],
@@ -458,8 +461,16 @@ impl JobQueue {
         if n == 0 || queues.is_empty() || kinds.is_empty() {
             return Ok(Vec::new());
         }
-        self.reap_expired().await?;
         let now = now_ms();
+        let last = self.last_reap.load(Ordering::Relaxed);
+        if now - last >= 1000
+            && self
+                .last_reap
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.reap_expired().await?;
+        }
         let q = serde_json::to_string(queues).map_err(|e| StoreError::Other(Box::new(e)))?;
         let k = serde_json::to_string(kinds).map_err(|e| StoreError::Other(Box::new(e)))?;
         let rows: Vec<JobRow> = match &self.pool {

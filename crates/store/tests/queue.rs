@@ -103,8 +103,9 @@ async fn a_lost_lease_cannot_complete_and_the_next_claim_does() {
             .await
             .unwrap()
             .remove(0);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        // The lease expired: the next claim reaps it and takes the job with a newer token.
+        // The lease expires; a claim reaps expired leases at most once a second per process.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // The next claim reaps it and takes the job with a newer token.
         let fast = q
             .claim(&all(), &kinds(), "fast", 1, LEASE)
             .await
