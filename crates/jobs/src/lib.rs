@@ -155,15 +155,29 @@ impl Worker {
     }
 
     /// Runs until `shutdown` completes, then stops claiming, waits up to `grace` for running jobs and
-    /// releases those still running.
+    /// releases those still running (and those claimed but not started).
+    ///
+    /// Throughput: the worker keeps a small buffer of claimed jobs (up to `concurrency`, refilled when
+    /// half empty), so a claim fetches a batch rather than one job per finished job; and one completer
+    /// task records finished jobs in batches (whatever finished while the previous batch was being
+    /// written), so commits do not grow one for one with jobs.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<WorkerReport, StoreError> {
         let kinds = self.registry.kinds();
-        let slots = Arc::new(Semaphore::new(self.opts.concurrency.max(1)));
+        let concurrency = self.opts.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
         let running: Arc<Mutex<HashMap<i64, Lease>>> = Arc::default();
         let counts = Arc::new(Counts::default());
         let mut tasks = JoinSet::new();
+        let mut ready: std::collections::VecDeque<Lease> = std::collections::VecDeque::new();
         let mut waker = self.queue.waker(self.opts.poll).await?;
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<Done>(concurrency * 4);
+        let completer = tokio::spawn(complete_in_batches(
+            self.queue.clone(),
+            done_rx,
+            counts.clone(),
+        ));
         let mut last_prune = Instant::now();
+        let mut idle = false;
         tokio::pin!(shutdown);
         loop {
             while tasks.try_join_next().is_some() {}
@@ -177,65 +191,81 @@ impl Worker {
                     Err(e) => tracing::warn!(error = %e, "pruning finished jobs failed"),
                 }
             }
-            let free = slots.available_permits();
-            if free > 0 {
+            // Start buffered jobs in the free slots.
+            while let Some(permit) = (!ready.is_empty())
+                .then(|| slots.clone().try_acquire_owned().ok())
+                .flatten()
+            {
+                let Some(lease) = ready.pop_front() else {
+                    break;
+                };
+                let Some(handler) = self.registry.handlers.get(&lease.job.kind).cloned() else {
+                    let _ = self.queue.release(&lease).await;
+                    continue;
+                };
+                lock(&running).insert(lease.job.id, lease.clone());
+                let (queue, opts, running, counts, done_tx) = (
+                    self.queue.clone(),
+                    self.opts.clone(),
+                    running.clone(),
+                    counts.clone(),
+                    done_tx.clone(),
+                );
+                tasks.spawn(async move {
+                    let id = lease.job.id;
+                    run_one(&queue, handler, lease, &opts, &counts, &done_tx).await;
+                    lock(&running).remove(&id);
+                    drop(permit);
+                });
+            }
+            // Refill the buffer when it is half empty (and the queue had work last time we looked).
+            let busy = concurrency - slots.available_permits();
+            let want = (2 * concurrency).saturating_sub(busy + ready.len());
+            if !idle && ready.len() <= concurrency / 2 && want > 0 {
                 match self
                     .queue
                     .claim(
                         &self.opts.queues,
                         &kinds,
                         &self.opts.name,
-                        free as u32,
+                        want as u32,
                         self.opts.lease,
                     )
                     .await
                 {
                     Ok(leases) if !leases.is_empty() => {
-                        for lease in leases {
-                            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                                // Cannot happen (we claimed at most the free slots); give it back.
-                                let _ = self.queue.release(&lease).await;
-                                continue;
-                            };
-                            let Some(handler) =
-                                self.registry.handlers.get(&lease.job.kind).cloned()
-                            else {
-                                let _ = self.queue.release(&lease).await;
-                                continue;
-                            };
-                            lock(&running).insert(lease.job.id, lease.clone());
-                            let (queue, opts, running, counts) = (
-                                self.queue.clone(),
-                                self.opts.clone(),
-                                running.clone(),
-                                counts.clone(),
-                            );
-                            tasks.spawn(async move {
-                                let id = lease.job.id;
-                                run_one(&queue, handler, lease, &opts, &counts).await;
-                                lock(&running).remove(&id);
-                                drop(permit);
-                            });
-                        }
+                        ready.extend(leases);
                         continue;
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "claiming jobs failed; trying again"),
+                    Ok(_) => idle = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming jobs failed; trying again");
+                        idle = true;
+                    }
                 }
             }
+            let free = slots.available_permits();
             tokio::select! {
                 () = &mut shutdown => break,
-                () = waker.wait(), if free > 0 => {}
-                _ = tasks.join_next(), if free == 0 => {}
+                // Nothing buffered: wait for a sign of work (or the poll interval).
+                () = waker.wait(), if ready.is_empty() && free > 0 => idle = false,
+                // Jobs buffered or all slots busy: wait for a slot.
+                _ = tasks.join_next(), if !tasks.is_empty() => idle = ready.len() > concurrency / 2 && idle,
             }
         }
-        // Shutdown: no more claims; running jobs get the grace period, then are released unfinished.
+        // Shutdown: no more claims; buffered jobs go back; running ones get the grace period, then are
+        // released unfinished.
+        let mut released = 0;
+        for l in ready.drain(..) {
+            if self.queue.release(&l).await.unwrap_or(false) {
+                released += 1;
+            }
+        }
         let drained = tokio::time::timeout(self.opts.grace, async {
             while tasks.join_next().await.is_some() {}
         })
         .await
         .is_ok();
-        let mut released = 0;
         if !drained {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
@@ -246,12 +276,62 @@ impl Worker {
                 }
             }
         }
+        drop(done_tx);
+        let _ = completer.await;
         Ok(WorkerReport {
             done: counts.done.load(Ordering::Relaxed),
             failed: counts.failed.load(Ordering::Relaxed),
             abandoned: counts.abandoned.load(Ordering::Relaxed),
             released,
         })
+    }
+}
+
+/// A finished job waiting to be recorded done.
+struct Done {
+    lease: Lease,
+    result: serde_json::Value,
+}
+
+/// Records completions: the first one waiting, plus every other that arrived meanwhile, in one
+/// statement. Until it runs, a finished job is still `running` under its lease; if this process dies
+/// first, the lease expires and the job runs again (at least once).
+async fn complete_in_batches(
+    queue: Arc<JobQueue>,
+    mut rx: tokio::sync::mpsc::Receiver<Done>,
+    counts: Arc<Counts>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < 256 {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        let items: Vec<(&Lease, &serde_json::Value)> =
+            batch.iter().map(|d| (&d.lease, &d.result)).collect();
+        match queue.complete_many(&items).await {
+            Ok(ids) => {
+                counts.done.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                let lost = batch.len() - ids.len();
+                if lost > 0 {
+                    counts.abandoned.fetch_add(lost as u64, Ordering::Relaxed);
+                    tracing::warn!(lost, "finished jobs whose leases were lost (or that were cancelled) were not recorded done");
+                }
+                for d in &batch {
+                    if ids.contains(&d.lease.job.id) {
+                        metrics::counter!("jobs_done_total", "kind" => d.lease.job.kind.clone())
+                            .increment(1);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = batch.len(), "could not record finished jobs; their leases will expire and they will run again")
+            }
+        }
+        batch.clear();
     }
 }
 
@@ -271,6 +351,7 @@ async fn run_one(
     lease: Lease,
     opts: &WorkerOptions,
     counts: &Counts,
+    done: &tokio::sync::mpsc::Sender<Done>,
 ) {
     let progress = Arc::new(AtomicU8::new(0));
     let ctx = JobCtx {
@@ -309,12 +390,9 @@ async fn run_one(
         .record(started.elapsed().as_secs_f64());
     let recorded = match outcome {
         Ok(Ok(result)) => {
-            let r = queue.complete(&lease, &result).await;
-            if matches!(r, Ok(true)) {
-                counts.done.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("jobs_done_total", "kind" => kind).increment(1);
-            }
-            r
+            // Recorded by the completer, in a batch.
+            let _ = done.send(Done { lease, result }).await;
+            return;
         }
         Ok(Err(e)) => {
             let (why, how, label) = match &e {

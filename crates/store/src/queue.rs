@@ -10,8 +10,8 @@
 //! - Retries with exponential backoff and full jitter; `max_attempts` spent → `dead` with the reason;
 //!   a permanent failure (bad input) → `failed`, never retried. Dead jobs go back with `retry_dead`.
 //! - Idempotency keys: enqueueing a key that exists returns the existing job.
-//! - Priorities (higher first), run-at scheduling, cancellation (a running job's worker sees it at its
-//!   next heartbeat).
+//! - Priorities (higher first within a queue; a worker serves its queues in the order it lists them),
+//!   run-at scheduling, cancellation (a running job's worker sees it at its next heartbeat).
 //! - PostgreSQL claims a batch with `FOR UPDATE SKIP LOCKED`; SQLite has one writer, so a claim is one
 //!   `UPDATE ... RETURNING`. Finished jobs are pruned after a retention period, and the table is created
 //!   with a low fill factor so that state changes are HOT updates (PostgreSQL bloat stays bounded).
@@ -448,7 +448,8 @@ impl JobQueue {
         }))
     }
 
-    /// Claims up to `n` due jobs of `queues` whose kind is in `kinds`, highest priority first, for
+    /// Claims up to `n` due jobs of `queues` (the first queue first) whose kind is in `kinds`, highest
+    /// priority first within a queue, for
     /// `worker`, leased for `lease`. Expired leases are reaped first (at most once a second per process).
     pub async fn claim(
         &self,
@@ -471,58 +472,68 @@ impl JobQueue {
         {
             self.reap_expired().await?;
         }
-        let q = serde_json::to_string(queues).map_err(|e| StoreError::Other(Box::new(e)))?;
         let k = serde_json::to_string(kinds).map_err(|e| StoreError::Other(Box::new(e)))?;
-        let rows: Vec<JobRow> = match &self.pool {
-            QueuePool::Sqlite(p) => {
-                let sql = format!(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = lease + 1, \
-                     lease_until = ?1, worker = ?2, updated_ms = ?3 \
-                     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= ?3 \
-                       AND queue IN (SELECT value FROM json_each(?4)) AND kind IN (SELECT value FROM json_each(?5)) \
-                       ORDER BY priority DESC, run_at, id LIMIT ?6) \
-                     RETURNING {COLS}"
-                );
-                sqlx::query_as(&sql)
-                    .bind(now + lease.as_millis() as i64)
-                    .bind(worker)
-                    .bind(now)
-                    .bind(&q)
-                    .bind(&k)
-                    .bind(i64::from(n))
-                    .fetch_all(p)
-                    .await?
+        // Queues are served in the order given (the first has strict priority), each claim scanning
+        // that queue's partial index in claim order, so a claim reads about as many rows as it takes.
+        let mut rows: Vec<JobRow> = Vec::new();
+        for queue in queues {
+            let want = i64::from(n) - rows.len() as i64;
+            if want <= 0 {
+                break;
             }
-            QueuePool::Postgres(p) => {
-                let sql = format!(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = lease + 1, \
-                     lease_until = $1, worker = $2, updated_ms = $3 \
-                     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3 \
-                       AND queue IN (SELECT jsonb_array_elements_text($4::jsonb)) \
-                       AND kind IN (SELECT jsonb_array_elements_text($5::jsonb)) \
-                       ORDER BY priority DESC, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
-                     RETURNING {COLS}"
-                );
-                sqlx::query_as(&sql)
-                    .bind(now + lease.as_millis() as i64)
-                    .bind(worker)
-                    .bind(now)
-                    .bind(&q)
-                    .bind(&k)
-                    .bind(i64::from(n))
-                    .fetch_all(p)
-                    .await?
-            }
-        };
+            let got: Vec<JobRow> = match &self.pool {
+                QueuePool::Sqlite(p) => {
+                    let sql = format!(
+                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = lease + 1, \
+                         lease_until = ?1, worker = ?2, updated_ms = ?3 \
+                         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND queue = ?4 \
+                           AND run_at <= ?3 AND kind IN (SELECT value FROM json_each(?5)) \
+                           ORDER BY priority DESC, run_at, id LIMIT ?6) \
+                         RETURNING {COLS}"
+                    );
+                    sqlx::query_as(&sql)
+                        .bind(now + lease.as_millis() as i64)
+                        .bind(worker)
+                        .bind(now)
+                        .bind(queue)
+                        .bind(&k)
+                        .bind(want)
+                        .fetch_all(p)
+                        .await?
+                }
+                QueuePool::Postgres(p) => {
+                    let sql = format!(
+                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = lease + 1, \
+                         lease_until = $1, worker = $2, updated_ms = $3 \
+                         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND queue = $4 \
+                           AND run_at <= $3 AND kind = ANY($5) \
+                           ORDER BY priority DESC, run_at, id LIMIT $6 FOR UPDATE SKIP LOCKED) \
+                         RETURNING {COLS}"
+                    );
+                    sqlx::query_as(&sql)
+                        .bind(now + lease.as_millis() as i64)
+                        .bind(worker)
+                        .bind(now)
+                        .bind(queue)
+                        .bind(kinds)
+                        .bind(want)
+                        .fetch_all(p)
+                        .await?
+                }
+            };
+            rows.extend(got);
+        }
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let (job, token) = job_of(r)?;
             out.push(Lease { job, token });
         }
+        // RETURNING gives no order: restore claim order within each queue (queues stay in their order).
         out.sort_by(|a, b| {
-            b.job
-                .priority
-                .cmp(&a.job.priority)
+            let qa = queues.iter().position(|q| *q == a.job.queue);
+            let qb = queues.iter().position(|q| *q == b.job.queue);
+            qa.cmp(&qb)
+                .then(b.job.priority.cmp(&a.job.priority))
                 .then(a.job.run_at_ms.cmp(&b.job.run_at_ms))
                 .then(a.job.id.cmp(&b.job.id))
         });
@@ -582,6 +593,55 @@ impl JobQueue {
                 .rows_affected()
                 == 1
         }))
+    }
+
+    /// Ends several jobs done in one statement (a worker's completions, batched); returns the ids whose
+    /// leases still held them (the others changed nothing).
+    pub async fn complete_many(
+        &self,
+        done: &[(&Lease, &serde_json::Value)],
+    ) -> Result<Vec<i64>, StoreError> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let mut rows = Vec::with_capacity(done.len());
+        for (lease, result) in done {
+            rows.push(serde_json::json!({
+                "id": lease.job.id,
+                "lease": lease.token,
+                "result": serde_json::to_string(result).map_err(|e| StoreError::Other(Box::new(e)))?,
+            }));
+        }
+        let rows = serde_json::Value::Array(rows).to_string();
+        let ids: Vec<i64> = match &self.pool {
+            QueuePool::Sqlite(p) => {
+                sqlx::query_scalar(
+                    "UPDATE jobs SET state = 'done', result = v.result, progress = 100, finished_ms = ?1, \
+                     lease_until = NULL, updated_ms = ?1 \
+                     FROM (SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.lease') AS lease, \
+                           json_extract(value, '$.result') AS result FROM json_each(?2)) AS v \
+                     WHERE jobs.id = v.id AND jobs.lease = v.lease AND jobs.state = 'running' RETURNING jobs.id",
+                )
+                .bind(now)
+                .bind(&rows)
+                .fetch_all(p)
+                .await?
+            }
+            QueuePool::Postgres(p) => {
+                sqlx::query_scalar(
+                    "UPDATE jobs SET state = 'done', result = v.result, progress = 100, finished_ms = $1, \
+                     lease_until = NULL, updated_ms = $1 \
+                     FROM jsonb_to_recordset($2::jsonb) AS v(id BIGINT, lease BIGINT, result TEXT) \
+                     WHERE jobs.id = v.id AND jobs.lease = v.lease AND jobs.state = 'running' RETURNING jobs.id",
+                )
+                .bind(now)
+                .bind(&rows)
+                .fetch_all(p)
+                .await?
+            }
+        };
+        Ok(ids)
     }
 
     /// Records a failed attempt: a retryable failure goes back to the queue after a backoff (or is
