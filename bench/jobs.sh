@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # No-op jobs from enqueue to completion: tenfold's queue on PostgreSQL and SQLite, side by side with
-# graphile-worker (npm) on the same PostgreSQL.
+# graphile-worker (npm; bench/graphile/run.sh) on the same PostgreSQL, in two shapes:
+#   drain: JOBS jobs already queued, then one worker starts; timed from its start to the last completion
+#          (what the queue itself sustains: claims, completions, wake-ups);
+#   flow:  one worker running and idle; one producer enqueues JOBS jobs one at a time on one connection;
+#          timed from the first enqueue to the last completion (bounded by the producer's commits).
 #
-#   bash bench/jobs.sh                         # 10,000 jobs, concurrency 8
-#   JOBS=2000 CONCURRENCY=16 bash bench/jobs.sh
-#   GRAPHILE=0 bash bench/jobs.sh              # without graphile-worker (no npm needed)
+#   bash bench/jobs.sh                           # 10,000 jobs, concurrency 8, 3 rounds, medians
+#   JOBS=2000 ROUNDS=1 bash bench/jobs.sh
+#   GRAPHILE=0 bash bench/jobs.sh                # without graphile-worker (no node needed)
 #
-# Each run: a fresh database; one worker already running and idle (`tenfold worker --concurrency C`, or a
-# graphile-worker runner with the same concurrency); then one producer enqueues JOBS no-op jobs one at a
-# time on one connection (`tenfold jobs enqueue --count`, or graphile-worker's `addJob`), and the clock runs
-# from the first enqueue to the last completion. Reports jobs/s per backend and the ratio to
-# graphile-worker. PostgreSQL is the machine's shared server (127.0.0.1:5432, PGURL to change).
+# The backends run in turn within each round, so the machine's noise (a shared disk: every commit is an
+# fsync) falls on all of them alike. PostgreSQL is the shared server (PGURL to change); each run gets a
+# fresh database.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 JOBS="${JOBS:-10000}"
 CONCURRENCY="${CONCURRENCY:-8}"
+ROUNDS="${ROUNDS:-3}"
 GRAPHILE="${GRAPHILE:-1}"
 PGURL="${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}"
 
@@ -32,61 +35,81 @@ cleanup_dbs() {
     bench_cleanup
 }
 trap cleanup_dbs EXIT
-
+seq_no=0
 fresh_pg() { # prints the URL of a new database
-    local name="tenfold_bench_jobs_$1_$$"
+    seq_no=$((seq_no + 1))
+    local name="tenfold_bench_jobs_${seq_no}_$$"
     psql "$PGURL" -qc "CREATE DATABASE $name" >/dev/null
     dbs+=("$name")
     echo "${PGURL%/*}/$name"
 }
-
 now_ms() { date +%s%3N; }
+done_count() { "$bin" jobs stats --database-url "$1" 2>/dev/null | awk '$1 == "bench" { print $5 }'; }
 
-# tenfold_run NAME DATABASE_URL: prints jobs/s.
+# tenfold_run MODE DATABASE_URL: prints seconds.
 tenfold_run() {
-    local name="$1" db="$2" t0 t1 done_n pid
+    local mode="$1" db="$2" t0 t1 pid log="$work/worker-$seq_no-$RANDOM"
     "$bin" migrate --database-url "$db" >/dev/null 2>&1
-    "$bin" worker --database-url "$db" --queues bench --concurrency "$CONCURRENCY" \
-        >"$work/$name.worker.out" 2>"$work/$name.worker.err" &
+    enqueue() { "$bin" jobs enqueue --database-url "$db" --queue bench --kind noop --count "$JOBS" >/dev/null 2>&1; }
+    [[ "$mode" == drain ]] && enqueue
+    t0="$(now_ms)"
+    "$bin" worker --database-url "$db" --queues bench --concurrency "$CONCURRENCY" >"$log.out" 2>"$log.err" &
     pid=$!
     bench_track_pid "$pid"
-    for ((i = 0; i < 100; i++)); do [[ -s "$work/$name.worker.out" ]] && break; sleep 0.1; done
-    [[ -s "$work/$name.worker.out" ]] || bench_die "the $name worker did not start"
-    t0="$(now_ms)"
-    "$bin" jobs enqueue --database-url "$db" --queue bench --kind noop --count "$JOBS" >"$work/$name.enqueue" 2>&1
-    while :; do
-        done_n="$("$bin" jobs stats --database-url "$db" 2>/dev/null | awk '$1 == "bench" { print $5 }')"
-        [[ "${done_n:-0}" -ge "$JOBS" ]] && break
-        sleep 0.02
-    done
+    if [[ "$mode" == flow ]]; then
+        for ((i = 0; i < 100; i++)); do [[ -s "$log.out" ]] && break; sleep 0.05; done
+        [[ -s "$log.out" ]] || bench_die "the worker did not start"
+        t0="$(now_ms)"
+        enqueue
+    fi
+    while [[ "$(done_count "$db")" -lt "$JOBS" ]]; do sleep 0.01; done
     t1="$(now_ms)"
     bench_stop_pid "$pid"
-    "$bin" jobs stats --database-url "$db" >"$out/$name.stats.txt" 2>&1
-    awk -v n="$JOBS" -v ms="$((t1 - t0))" 'BEGIN { printf "%.0f %.2f\n", n * 1000 / ms, ms / 1000 }'
+    awk -v ms="$((t1 - t0))" 'BEGIN { printf "%.3f\n", ms / 1000 }'
 }
 
-bench_log "tenfold, PostgreSQL: $JOBS jobs, concurrency $CONCURRENCY"
-read -r pg_rate pg_secs < <(tenfold_run postgres "$(fresh_pg tf)")
-bench_log "tenfold, SQLite: $JOBS jobs, concurrency $CONCURRENCY"
-read -r sq_rate sq_secs < <(tenfold_run sqlite "sqlite://$work/jobs.db")
-gw_rate=""
-if [[ "$GRAPHILE" == 1 ]]; then
-    bench_log "graphile-worker, PostgreSQL: $JOBS jobs, concurrency $CONCURRENCY"
-    line="$(bash "$BENCH_DIR/graphile/run.sh" "$(fresh_pg gw)" "$JOBS" "$CONCURRENCY" | tee "$out/graphile.txt" | tail -n1)"
-    gw_rate="$(sed -n 's/.*jobs_per_s=\([0-9.]*\).*/\1/p' <<<"$line")"
-    gw_secs="$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$line")"
-fi
+graphile_run() { # graphile_run MODE: prints seconds
+    MODE="$1" bash "$BENCH_DIR/graphile/run.sh" "$(fresh_pg)" "$JOBS" "$CONCURRENCY" 2>>"$out/graphile.stderr" |
+        tee -a "$out/graphile.txt" | sed -n 's/.*seconds=\([0-9.]*\).*/\1/p'
+}
 
-ratio() { [[ -n "$gw_rate" ]] && awk -v a="$1" -v b="$gw_rate" 'BEGIN { printf "%.2f×", a / b }' || echo "n/a"; }
+declare -A secs
+backends=("tenfold-postgres" "tenfold-sqlite")
+[[ "$GRAPHILE" == 1 ]] && backends+=("graphile-postgres")
+for ((r = 1; r <= ROUNDS; r++)); do
+    for mode in drain flow; do
+        for b in "${backends[@]}"; do
+            case "$b" in
+                tenfold-postgres) s="$(tenfold_run "$mode" "$(fresh_pg)")" ;;
+                tenfold-sqlite) s="$(tenfold_run "$mode" "sqlite://$work/jobs-$r-$mode.db")" ;;
+                graphile-postgres) s="$(graphile_run "$mode")" ;;
+            esac
+            [[ -n "$s" ]] || bench_die "$b $mode gave no figure"
+            bench_log "round $r, $mode, $b: $s s"
+            echo "$r $mode $b $s" >>"$out/runs.txt"
+            secs["$mode $b"]+="$s "
+        done
+    done
+done
+
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 {
     echo
-    echo "== jobs ($stamp; $JOBS no-op jobs, concurrency $CONCURRENCY, one producer enqueueing one at a time) =="
+    echo "== jobs ($stamp; $JOBS no-op jobs, concurrency $CONCURRENCY, median of $ROUNDS rounds) =="
     echo
-    echo "| Backend | Seconds | Jobs/s | vs graphile-worker |"
-    echo "|---|---:|---:|---:|"
-    echo "| tenfold, PostgreSQL | $pg_secs | $pg_rate | $(ratio "$pg_rate") |"
-    echo "| tenfold, SQLite | $sq_secs | $sq_rate | $(ratio "$sq_rate") |"
-    [[ -n "$gw_rate" ]] && echo "| graphile-worker, PostgreSQL | $gw_secs | $gw_rate | 1.00× |"
+    echo "| Shape | Backend | Seconds (median) | Jobs/s | vs graphile-worker |"
+    echo "|---|---|---:|---:|---:|"
+    for mode in drain flow; do
+        g=""
+        [[ "$GRAPHILE" == 1 ]] && g="$(median "${secs["$mode graphile-postgres"]}")"
+        for b in "${backends[@]}"; do
+            m="$(median "${secs["$mode $b"]}")"
+            rate="$(awk -v n="$JOBS" -v s="$m" 'BEGIN { printf "%.0f", n / s }')"
+            vs="n/a"
+            [[ -n "$g" ]] && vs="$(awk -v a="$m" -v b="$g" 'BEGIN { printf "%.2f×", b / a }')"
+            echo "| $mode | $b | $m | $rate | $vs |"
+        done
+    done
     echo
     echo "raw output: ${out#"$REPO_ROOT"/}"
 } | tee "$out/summary.md"
