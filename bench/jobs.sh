@@ -29,18 +29,17 @@ bin="$(bench_copy_binary "$work")"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"
 out="$(mktemp -d "$RESULTS_DIR/jobs-$stamp.XXXX")"
 bench_machine | tee "$out/machine.txt" >&2
-dbs=()
+# fresh_pg runs in $(...) subshells: the names it makes are kept in a file for the clean-up.
+: >"$work/dbs"
 cleanup_dbs() {
-    for d in "${dbs[@]}"; do psql "$PGURL" -qc "DROP DATABASE IF EXISTS $d" >/dev/null 2>&1 || true; done
+    while read -r d; do psql "$PGURL" -qc "DROP DATABASE IF EXISTS $d" >/dev/null 2>&1 || true; done <"$work/dbs"
     bench_cleanup
 }
 trap cleanup_dbs EXIT
-seq_no=0
 fresh_pg() { # prints the URL of a new database
-    seq_no=$((seq_no + 1))
-    local name="tenfold_bench_jobs_${seq_no}_$$"
+    local name="tenfold_bench_jobs_$(date +%s%N)_$$"
+    echo "$name" >>"$work/dbs"
     psql "$PGURL" -qc "CREATE DATABASE $name" >/dev/null
-    dbs+=("$name")
     echo "${PGURL%/*}/$name"
 }
 now_ms() { date +%s%3N; }
@@ -48,7 +47,7 @@ done_count() { "$bin" jobs stats --database-url "$1" 2>/dev/null | awk '$1 == "b
 
 # tenfold_run MODE DATABASE_URL: prints seconds.
 tenfold_run() {
-    local mode="$1" db="$2" t0 t1 pid log="$work/worker-$seq_no-$RANDOM"
+    local mode="$1" db="$2" t0 t1 pid log="$work/worker-$RANDOM$RANDOM"
     "$bin" migrate --database-url "$db" >/dev/null 2>&1
     enqueue() { "$bin" jobs enqueue --database-url "$db" --queue bench --kind noop --count "$JOBS" >/dev/null 2>&1; }
     [[ "$mode" == drain ]] && enqueue

@@ -4,9 +4,9 @@
 //! Semantics (the same on both engines, and what the NATS backend must match):
 //! - At-least-once: a claimed job is leased until `lease_until`; the worker renews the lease with
 //!   heartbeats; a lease that expires puts the job back (or dead-letters it once its attempts are spent).
-//! - Fencing: every claim increments the job's `lease` counter and hands it to the worker as its token;
-//!   heartbeats, completion, failure and release name the token and change nothing once another claim
-//!   has taken the job (or it was cancelled).
+//! - Fencing: every claim gives the job a new `lease` token (its time and random bits) and hands it to
+//!   the worker; heartbeats, completion, failure and release name the token and change nothing once
+//!   another claim has taken the job (or it was cancelled).
 //! - Retries with exponential backoff and full jitter; `max_attempts` spent → `dead` with the reason;
 //!   a permanent failure (bad input) → `failed`, never retried. Dead jobs go back with `retry_dead`.
 //! - Idempotency keys: enqueueing a key that exists returns the existing job.
@@ -243,6 +243,11 @@ enum QueuePool {
 /// The queue, over its own pool on the catalog's database.
 pub struct JobQueue {
     pool: QueuePool,
+    /// PostgreSQL: a pool whose commits do not wait for the WAL flush (`synchronous_commit = off`), for
+    /// claims and heartbeats. Losing one in a crash only means the job is claimed again or its lease
+    /// ends sooner: at least once either way. Any later durable commit (an enqueue, a completion) flushes
+    /// the WAL up to it, so a completion can never be kept while the claim it followed is lost.
+    relaxed: Option<QueuePool>,
     url: String,
     backoff: Backoff,
     /// PostgreSQL: when this process last sent a wake-up (ms), so bursts send one.
@@ -358,8 +363,24 @@ impl JobQueue {
                     .map_err(|e| StoreError::setup("opening the job queue", e))?,
             )
         };
+        let relaxed = match &pool {
+            QueuePool::Postgres(_) => {
+                let o = PgConnectOptions::from_str(url)
+                    .map_err(|e| StoreError::setup("parsing the queue's database URL", e))?
+                    .application_name("tenfold-jobs")
+                    .options([("synchronous_commit", "off")]);
+                Some(QueuePool::Postgres(
+                    PgPoolOptions::new()
+                        .max_connections(4)
+                        .acquire_timeout(acquire_timeout)
+                        .connect_lazy_with(o),
+                ))
+            }
+            QueuePool::Sqlite(_) => None,
+        };
         Ok(JobQueue {
             pool,
+            relaxed,
             url: url.to_owned(),
             backoff: Backoff::default(),
             last_wake: AtomicI64::new(0),
@@ -473,6 +494,9 @@ impl JobQueue {
             self.reap_expired().await?;
         }
         let k = serde_json::to_string(kinds).map_err(|e| StoreError::Other(Box::new(e)))?;
+        // The fencing token: the claim's time and 12 random bits, not a counter, so that a claim lost in
+        // a database crash (claims commit without waiting for the WAL flush) is never handed out again.
+        let token = (now << 12) | i64::from(rand::random::<u16>() & 0xFFF);
         // Queues are served in the order given (the first has strict priority), each claim scanning
         // that queue's partial index in claim order, so a claim reads about as many rows as it takes.
         let mut rows: Vec<JobRow> = Vec::new();
@@ -481,10 +505,10 @@ impl JobQueue {
             if want <= 0 {
                 break;
             }
-            let got: Vec<JobRow> = match &self.pool {
+            let got: Vec<JobRow> = match self.relaxed.as_ref().unwrap_or(&self.pool) {
                 QueuePool::Sqlite(p) => {
                     let sql = format!(
-                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = lease + 1, \
+                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = ?7, \
                          lease_until = ?1, worker = ?2, updated_ms = ?3 \
                          WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND queue = ?4 \
                            AND run_at <= ?3 AND kind IN (SELECT value FROM json_each(?5)) \
@@ -498,12 +522,13 @@ impl JobQueue {
                         .bind(queue)
                         .bind(&k)
                         .bind(want)
+                        .bind(token)
                         .fetch_all(p)
                         .await?
                 }
                 QueuePool::Postgres(p) => {
                     let sql = format!(
-                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = lease + 1, \
+                        "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = $7, \
                          lease_until = $1, worker = $2, updated_ms = $3 \
                          WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND queue = $4 \
                            AND run_at <= $3 AND kind = ANY($5) \
@@ -517,6 +542,7 @@ impl JobQueue {
                         .bind(queue)
                         .bind(kinds)
                         .bind(want)
+                        .bind(token)
                         .fetch_all(p)
                         .await?
                 }
@@ -551,7 +577,7 @@ impl JobQueue {
         let sql =
             "UPDATE jobs SET lease_until = ?, progress = COALESCE(?, progress), updated_ms = ? \
                    WHERE id = ? AND lease = ? AND state = 'running'";
-        let n = on_queue!(&self.pool, |p, ph| {
+        let n = on_queue!(self.relaxed.as_ref().unwrap_or(&self.pool), |p, ph| {
             sqlx::query(&ph(sql))
                 .bind(now + extend.as_millis() as i64)
                 .bind(progress.map(|x| i64::from(x.min(100))))

@@ -15,7 +15,7 @@ CREATE TABLE jobs (
     result          TEXT,                               -- JSON
     idempotency_key TEXT UNIQUE,
     worker          TEXT,
-    lease           INTEGER NOT NULL,                   -- claims so far: the fencing token
+    lease           INTEGER NOT NULL,                   -- the last claim's fencing token
     lease_until     INTEGER,
     created_ms      INTEGER NOT NULL,
     updated_ms      INTEGER NOT NULL,
