@@ -41,6 +41,7 @@ use utoipa_axum::routes;
 pub use error::{ApiError, ApiResult, Problem, PROBLEM_JSON};
 pub use observe::X_REQUEST_ID;
 pub use routes::customers::{CustomerIdentity, CustomerToken, TokenRequest};
+pub use routes::jobs::{JobView, QueuesView};
 pub use routes::ops::Status;
 pub use routes::orders::{
     reconcile_orders, DayRevenueView, NewOrder, NewOrderLine, OrderLineView, OrderPage, OrderView,
@@ -48,7 +49,7 @@ pub use routes::orders::{
 };
 pub use routes::products::{CategoryList, ProductPage};
 
-use routes::{customers, ops, orders, products};
+use routes::{customers, jobs, ops, orders, products};
 
 /// The service: a store and the HTTP settings. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -67,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) token_key: Option<customer::TokenKey>,
     /// The order shards, once opened (`App::set_order_shards`).
     pub(crate) orders: std::sync::OnceLock<Arc<tenfold_store::OrderShards>>,
+    /// The job queue, once opened (`App::set_job_queue`).
+    pub(crate) jobs: std::sync::OnceLock<Arc<tenfold_store::queue::JobQueue>>,
 }
 
 /// Aborts a background task when dropped.
@@ -87,6 +90,7 @@ impl Drop for AbortOnDrop {
         (name = "categories", description = "Categories"),
         (name = "customers", description = "Customer tokens: issued with the API key, checked without the database"),
         (name = "orders", description = "Orders: stock taken atomically, kept on the customer's shard"),
+        (name = "jobs", description = "Background jobs: state, progress and events; queue depth (API key)"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -127,6 +131,7 @@ impl App {
                     customer::TokenKey::from_api_key(secrecy::ExposeSecret::expose_secret(k))
                 }),
                 orders: std::sync::OnceLock::new(),
+                jobs: std::sync::OnceLock::new(),
                 store,
                 api_key: http.api_key.clone(),
                 body_limit: http.body_limit_bytes,
@@ -143,6 +148,11 @@ impl App {
     /// Gives the service its order shards (orders answer 503 until then). Once only.
     pub fn set_order_shards(&self, shards: Arc<tenfold_store::OrderShards>) {
         let _ = self.inner.orders.set(shards);
+    }
+
+    /// Gives the service the job queue (job routes answer 503 until then). Once only.
+    pub fn set_job_queue(&self, queue: Arc<tenfold_store::queue::JobQueue>) {
+        let _ = self.inner.jobs.set(queue);
     }
 
     pub(crate) fn cache(&self) -> &tenfold_cache::Cache {
@@ -167,6 +177,9 @@ impl App {
             .routes(routes!(orders::get_order))
             .routes(routes!(orders::customer_orders))
             .routes(routes!(orders::revenue))
+            .routes(routes!(jobs::get_job))
+            .routes(routes!(jobs::job_events))
+            .routes(routes!(jobs::queue_stats))
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::metrics))
@@ -306,8 +319,15 @@ impl App {
                 }
             }))
         });
+        let gauges = self
+            .inner
+            .jobs
+            .get()
+            .cloned()
+            .map(|q| AbortOnDrop(tokio::spawn(routes::jobs::publish_gauges(q))));
         let served = serve::serve(self.router(), listener, shutdown, &self.inner.http).await;
         drop(reconciler);
+        drop(gauges);
         served
     }
 }

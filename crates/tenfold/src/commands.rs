@@ -266,6 +266,13 @@ pub(crate) async fn run(
                 tenfold_app::App::with_cache(store.clone(), config.http.clone(), &config.cache);
             let shards = open_order_shards(&config, &store).await?;
             app.set_order_shards(std::sync::Arc::new(shards));
+            let queue = tenfold_store::queue::JobQueue::connect(
+                config.database.url.expose_secret(),
+                Duration::from_millis(config.database.acquire_timeout_ms),
+            )
+            .await
+            .context("cannot open the job queue")?;
+            app.set_job_queue(std::sync::Arc::new(queue));
             let stop = async move {
                 if exit_on_stdin_eof {
                     tokio::select! {

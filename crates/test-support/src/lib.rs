@@ -197,9 +197,40 @@ pub async fn spawn_app_on(store: Store, settings: HttpConfig, cache: &CacheConfi
 /// [`spawn_app_on`] with order shards.
 pub async fn spawn_app_full(
     store: Store,
+    settings: HttpConfig,
+    cache: &CacheConfig,
+    shards: Option<std::sync::Arc<tenfold_store::OrderShards>>,
+) -> TestApp {
+    spawn_app_parts(store, settings, cache, shards, None).await
+}
+
+/// The service over `db` with its job queue (on the same database); returns the queue too.
+pub async fn spawn_app_with_jobs(
+    db: &TestDb,
+) -> (TestApp, std::sync::Arc<tenfold_store::queue::JobQueue>) {
+    let store = db.store().await;
+    let queue = std::sync::Arc::new(
+        tenfold_store::queue::JobQueue::connect(&db.url, Duration::from_secs(15))
+            .await
+            .expect("open the job queue"),
+    );
+    let app = spawn_app_parts(
+        store,
+        HttpConfig::default(),
+        &CacheConfig::default(),
+        None,
+        Some(queue.clone()),
+    )
+    .await;
+    (app, queue)
+}
+
+async fn spawn_app_parts(
+    store: Store,
     mut settings: HttpConfig,
     cache: &CacheConfig,
     shards: Option<std::sync::Arc<tenfold_store::OrderShards>>,
+    jobs: Option<std::sync::Arc<tenfold_store::queue::JobQueue>>,
 ) -> TestApp {
     init_test_log();
     if settings.api_key.is_none() {
@@ -213,6 +244,9 @@ pub async fn spawn_app_full(
     let app = tenfold_app::App::with_cache(store.clone(), settings, cache);
     if let Some(s) = shards {
         app.set_order_shards(s);
+    }
+    if let Some(q) = jobs {
+        app.set_job_queue(q);
     }
     let task = tokio::spawn(async move {
         let _ = app

@@ -1,6 +1,7 @@
 //! Route handlers, grouped by resource.
 
 pub(crate) mod customers;
+pub(crate) mod jobs;
 pub(crate) mod ops;
 pub(crate) mod orders;
 pub(crate) mod products;

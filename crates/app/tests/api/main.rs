@@ -8,6 +8,7 @@ mod customers;
 mod errors;
 mod fuzz;
 mod helpers;
+mod jobs;
 mod orders;
 mod protocol;
 mod replicas;
