@@ -162,6 +162,18 @@ pub(crate) enum Command {
         /// At most one scaling decision per this many milliseconds.
         #[arg(long, default_value_t = 10_000)]
         cooldown_ms: u64,
+        /// Background workers at start (`tenfold worker` processes; 0 runs none).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=64))]
+        workers: u16,
+        /// Fewest workers the autoscaler keeps.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=64))]
+        min_workers: Option<u16>,
+        /// Most workers the autoscaler starts (on queue depth and oldest-job age).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=64))]
+        max_workers: u16,
+        /// Jobs at once per worker.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        worker_concurrency: u16,
     },
     /// Set the number of app instances of a running `tenfold up`: `tenfold scale app=N`.
     Scale {

@@ -206,6 +206,10 @@ pub(crate) async fn run(
             scale_up_above,
             scale_down_below,
             cooldown_ms,
+            workers,
+            min_workers,
+            max_workers,
+            worker_concurrency,
             ..
         } => {
             let scaling = crate::up::Scaling {
@@ -215,6 +219,10 @@ pub(crate) async fn run(
                 up_above: scale_up_above,
                 down_below: scale_down_below,
                 cooldown_ms,
+                workers,
+                min_workers: min_workers.unwrap_or(workers.min(1)),
+                max_workers: max_workers.max(workers),
+                worker_concurrency,
             };
             crate::up::run(config, scaling, seed_products).await
         }

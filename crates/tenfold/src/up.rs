@@ -36,6 +36,10 @@ pub(crate) struct Scaling {
     pub(crate) up_above: f64,
     pub(crate) down_below: f64,
     pub(crate) cooldown_ms: u64,
+    pub(crate) workers: u16,
+    pub(crate) min_workers: u16,
+    pub(crate) max_workers: u16,
+    pub(crate) worker_concurrency: u16,
 }
 
 pub(crate) async fn run(
@@ -156,7 +160,7 @@ pub(crate) async fn run(
             .map(usize::from)
             .unwrap_or((cpus * 2).max(4))
             .max(n),
-        env,
+        env: env.clone(),
         scale_up_above: scaling.up_above,
         scale_down_below: scaling.down_below,
         sample_every: Duration::from_millis(250.min(scaling.cooldown_ms.max(50)))
@@ -166,6 +170,30 @@ pub(crate) async fn run(
         stop_grace: Duration::from_millis(config.http.shutdown_grace_ms + 2_000),
     };
     let sup = Supervisor::start(lb.clone(), opts).await?;
+    let workers = if scaling.max_workers > 0 {
+        Some(
+            tenfold_up::WorkerPool::start(tenfold_up::WorkerPoolOptions {
+                exe: std::env::current_exe().context("cannot find the tenfold executable")?,
+                env: env.clone(),
+                database_url: config.database.url.expose_secret().to_owned(),
+                queues: vec!["media".into(), "import".into()],
+                concurrency: scaling.worker_concurrency,
+                workers: usize::from(scaling.workers),
+                min: usize::from(scaling.min_workers),
+                max: usize::from(scaling.max_workers),
+                up_backlog_per_worker: 2.0 * f64::from(scaling.worker_concurrency),
+                up_oldest: Duration::from_secs(2),
+                down_after: 5,
+                sample_every: Duration::from_secs(1),
+                cooldown: Duration::from_millis(scaling.cooldown_ms.min(5_000)),
+                stop_grace: Duration::from_secs(12),
+            })
+            .await
+            .context("cannot start the background workers")?,
+        )
+    } else {
+        None
+    };
     let state = UpState {
         url: url.clone(),
         admin: admin.clone(),
@@ -175,7 +203,11 @@ pub(crate) async fn run(
     write_state(&state)?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "tenfold is up: {url} ({n} app instances, autoscaling)")?;
+        writeln!(
+            out,
+            "tenfold is up: {url} ({n} app instances, {} background workers, autoscaling)",
+            scaling.workers
+        )?;
         writeln!(out, "admin API:     {admin}")?;
         writeln!(out, "admin token:   {}", admin_token.expose_secret())?;
         writeln!(out, "api key:       {}", api_key.expose_secret())?;
@@ -187,6 +219,9 @@ pub(crate) async fn run(
     let served = serve_balancer(&lb, listener, Some((admin_listener, admin_router))).await;
     // Whatever ended the balancer, the instances are drained and stopped.
     sup.shutdown().await;
+    if let Some(w) = &workers {
+        w.shutdown().await;
+    }
     let _ = std::fs::remove_file(STATE_FILE);
     tracing::info!("stopped");
     served

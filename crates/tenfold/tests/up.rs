@@ -314,3 +314,124 @@ async fn the_autoscaler_follows_the_load_and_says_why() {
     }
     assert!(m.contains("up_load_per_instance"), "{m}");
 }
+
+/// `tenfold worker` children of the supervisor.
+fn worker_pids(up: &Up) -> Vec<u32> {
+    let me = up.child.id();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ppid == Some(me) && String::from_utf8_lossy(&cmd).contains("worker") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_workers_scale_with_the_queue_and_run_every_job() {
+    let mut up = start_up_with(&[
+        "--instances",
+        "1",
+        "--workers",
+        "1",
+        "--min-workers",
+        "1",
+        "--max-workers",
+        "3",
+        "--worker-concurrency",
+        "2",
+        "--cooldown-ms",
+        "300",
+    ]);
+    wait_for_instances(&up, 1).await;
+    let db = format!("sqlite://{}/data/tenfold.db", up.dir.path().display());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while worker_pids(&up).len() != 1 {
+        assert!(Instant::now() < deadline, "one worker at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let jobs = 120;
+    let out = Command::new(BIN)
+        .args([
+            "jobs",
+            "enqueue",
+            "--database-url",
+            &db,
+            "--queue",
+            "media",
+            "--kind",
+            "noop",
+        ])
+        .args([
+            "--args",
+            r#"{"sleep_ms": 200}"#,
+            "--count",
+            &jobs.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A backlog of 120 jobs of 200 ms for one worker of 2: the pool grows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while worker_pids(&up).len() < 2 {
+        assert!(Instant::now() < deadline, "workers did not scale up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let s = Command::new(BIN)
+            .args(["jobs", "stats", "--database-url", &db])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&s.stdout).into_owned();
+        let done = text
+            .lines()
+            .find(|l| l.starts_with("media"))
+            .and_then(|l| l.split_whitespace().nth(4))
+            .and_then(|d| d.parse::<u64>().ok())
+            .unwrap_or(0);
+        if done == jobs {
+            break;
+        }
+        assert!(Instant::now() < deadline, "jobs not done: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Idle again: back to the minimum.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while worker_pids(&up).len() > 1 {
+        assert!(Instant::now() < deadline, "workers did not scale down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pids = worker_pids(&up);
+    nix_term(&up);
+    let status = up.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    for p in pids {
+        assert!(!alive(u64::from(p)), "worker {p} outlived tenfold up");
+    }
+}
+
+fn nix_term(up: &Up) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &up.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}

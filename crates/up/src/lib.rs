@@ -32,6 +32,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+mod workers;
+pub use workers::{WorkerPool, WorkerPoolOptions};
+
 /// How the supervisor runs instances and scales them.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
