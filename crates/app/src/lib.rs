@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -42,6 +42,7 @@ pub use error::{ApiError, ApiResult, Problem, PROBLEM_JSON};
 pub use observe::X_REQUEST_ID;
 pub use routes::customers::{CustomerIdentity, CustomerToken, TokenRequest};
 pub use routes::jobs::{JobView, QueuesView};
+pub use routes::media::UploadAccepted;
 pub use routes::ops::Status;
 pub use routes::orders::{
     reconcile_orders, DayRevenueView, NewOrder, NewOrderLine, OrderLineView, OrderPage, OrderView,
@@ -49,7 +50,7 @@ pub use routes::orders::{
 };
 pub use routes::products::{CategoryList, ProductPage};
 
-use routes::{customers, jobs, ops, orders, products};
+use routes::{customers, jobs, media, ops, orders, products};
 
 /// The service: a store and the HTTP settings. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -70,6 +71,8 @@ pub(crate) struct Inner {
     pub(crate) orders: std::sync::OnceLock<Arc<tenfold_store::OrderShards>>,
     /// The job queue, once opened (`App::set_job_queue`).
     pub(crate) jobs: std::sync::OnceLock<Arc<tenfold_store::queue::JobQueue>>,
+    /// Blob storage for uploads, once configured (`App::set_media`).
+    pub(crate) media: std::sync::OnceLock<routes::media::Media>,
 }
 
 /// Aborts a background task when dropped.
@@ -132,6 +135,7 @@ impl App {
                 }),
                 orders: std::sync::OnceLock::new(),
                 jobs: std::sync::OnceLock::new(),
+                media: std::sync::OnceLock::new(),
                 store,
                 api_key: http.api_key.clone(),
                 body_limit: http.body_limit_bytes,
@@ -153,6 +157,15 @@ impl App {
     /// Gives the service the job queue (job routes answer 503 until then). Once only.
     pub fn set_job_queue(&self, queue: Arc<tenfold_store::queue::JobQueue>) {
         let _ = self.inner.jobs.set(queue);
+    }
+
+    /// Gives the service its blob storage for uploads, at most `max_upload` bytes each (uploads answer
+    /// 503 until then). Once only.
+    pub fn set_media(&self, blobs: Arc<tenfold_blobs::DirBlobs>, max_upload: u64) {
+        let _ = self
+            .inner
+            .media
+            .set(routes::media::Media { blobs, max_upload });
     }
 
     pub(crate) fn cache(&self) -> &tenfold_cache::Cache {
@@ -177,6 +190,7 @@ impl App {
             .routes(routes!(orders::get_order))
             .routes(routes!(orders::customer_orders))
             .routes(routes!(orders::revenue))
+            .routes(routes!(media::upload_media))
             .routes(routes!(jobs::get_job))
             .routes(routes!(jobs::job_events))
             .routes(routes!(jobs::queue_stats))
@@ -255,39 +269,57 @@ impl App {
             .and(NotForContentType::GRPC)
             .and(NotForContentType::IMAGES)
             .and(NotForContentType::SSE);
-        api.route(
+        let mut api = api.route(
             "/api/openapi.json",
             get(move || {
                 let doc = doc.clone();
                 async move { ([(header::CONTENT_TYPE, "application/json")], doc.to_vec()) }
             }),
-        )
-        .route_layer(axum::middleware::from_fn(observe::remember_route))
-        .fallback(|req: Request| async move {
-            ApiError::NotFound(format!(
-                "there is no resource at {}",
-                req.uri().path().chars().take(200).collect::<String>()
+        );
+        if let Some(m) = self.inner.media.get() {
+            // Originals and renditions have content-derived names: cached forever.
+            for sub in ["originals", "renditions"] {
+                let files = tower_http::services::ServeDir::new(m.blobs.root().join(sub))
+                    .not_found_service(axum::handler::HandlerWithoutStateExt::into_service(
+                        || async { ApiError::NotFound("there is no such media file".into()) },
+                    ));
+                api = api.nest_service(
+                    &format!("/media/{sub}"),
+                    tower::ServiceBuilder::new()
+                        .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+                            header::CACHE_CONTROL,
+                            HeaderValue::from_static("public, max-age=31536000, immutable"),
+                        ))
+                        .service(files),
+                );
+            }
+        }
+        api.route_layer(axum::middleware::from_fn(observe::remember_route))
+            .fallback(|req: Request| async move {
+                ApiError::NotFound(format!(
+                    "there is no resource at {}",
+                    req.uri().path().chars().take(200).collect::<String>()
+                ))
+            })
+            .method_not_allowed_fallback(|req: Request| async move {
+                ApiError::MethodNotAllowed(req.method().to_string())
+            })
+            .layer(DefaultBodyLimit::max(self.inner.body_limit))
+            .layer(
+                CompressionLayer::new()
+                    .quality(CompressionLevel::Precise(4))
+                    .compress_when(compress_when),
+            )
+            .layer(CatchPanicLayer::custom(
+                |_: Box<dyn std::any::Any + Send>| -> Response {
+                    ApiError::Internal("a handler panicked".into()).into_response()
+                },
             ))
-        })
-        .method_not_allowed_fallback(|req: Request| async move {
-            ApiError::MethodNotAllowed(req.method().to_string())
-        })
-        .layer(DefaultBodyLimit::max(self.inner.body_limit))
-        .layer(
-            CompressionLayer::new()
-                .quality(CompressionLevel::Precise(4))
-                .compress_when(compress_when),
-        )
-        .layer(CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| -> Response {
-                ApiError::Internal("a handler panicked".into()).into_response()
-            },
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            self.clone(),
-            observe::observe,
-        ))
-        .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                observe::observe,
+            ))
+            .with_state(self.clone())
     }
 
     /// Serves HTTP/1.1 and h2c on `listener` until `shutdown` resolves, then stops accepting and gives

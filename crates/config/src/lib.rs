@@ -45,6 +45,28 @@ pub struct Config {
     pub lb: LbConfig,
     /// Cache settings.
     pub cache: CacheConfig,
+    /// Uploaded media and their renditions.
+    pub media: MediaConfig,
+}
+
+/// Where uploads and renditions are kept, and how large an upload may be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// The blob directory (relative paths are under the working directory). App instances and workers
+    /// must share it.
+    pub dir: PathBuf,
+    /// The largest upload, in MiB.
+    pub max_upload_mib: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            dir: PathBuf::from("data/blobs"),
+            max_upload_mib: 100,
+        }
+    }
 }
 
 /// Settings of the cache (in-process L1, optional Redis L2) and of HTTP caching.
@@ -525,6 +547,9 @@ impl Config {
                 message: message.into(),
             })
         };
+        if !(1..=10_240).contains(&self.media.max_upload_mib) {
+            return invalid("media.max_upload_mib", "must be between 1 and 10240");
+        }
         let h = &self.http;
         if !(1024..=1024 * 1024 * 1024).contains(&h.body_limit_bytes) {
             return invalid("http.body_limit_bytes", "must be between 1 KiB and 1 GiB");

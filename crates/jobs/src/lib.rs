@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub mod builtin;
+pub mod media;
 
 /// Why a handler's attempt failed.
 #[derive(Debug, thiserror::Error)]

@@ -116,6 +116,17 @@ impl NewJob {
     }
 }
 
+/// An uploaded original, as the media table records it.
+#[derive(Debug, Clone)]
+pub struct NewMedia {
+    /// Where the original is (a blob key).
+    pub blob_key: String,
+    /// Its type, from its bytes (`jpeg`, `png`, `mp4`...).
+    pub media_type: String,
+    /// Bytes.
+    pub size: u64,
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -436,6 +447,54 @@ impl JobQueue {
                 Ok((job_of(r)?.0, false))
             }
         }
+    }
+
+    /// Records an uploaded original of `product_id` and enqueues the job that processes it, in one
+    /// transaction. Returns the media row's id and the job.
+    pub async fn enqueue_media(
+        &self,
+        product_id: i64,
+        media: &NewMedia,
+        job: &NewJob,
+    ) -> Result<(i64, Job), StoreError> {
+        let now = now_ms();
+        let args = serde_json::to_string(&job.args).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let insert_job = format!(
+            "INSERT INTO jobs (queue, kind, args, state, priority, run_at, attempts, max_attempts, progress, \
+             idempotency_key, created_ms, updated_ms, lease) \
+             VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, 0, ?, ?, ?, 0) RETURNING {COLS}"
+        );
+        let insert_media =
+            "INSERT INTO media (product_id, blob_key, media_type, size, job_id, created_ms) \
+                            VALUES (?, ?, ?, ?, ?, ?) RETURNING id";
+        let (media_id, row): (i64, JobRow) = on_queue!(&self.pool, |p, ph| {
+            let mut tx = p.begin().await?;
+            let row: JobRow = sqlx::query_as(&ph(&insert_job))
+                .bind(&job.queue)
+                .bind(&job.kind)
+                .bind(&args)
+                .bind(i64::from(job.priority))
+                .bind(job.run_at_ms.unwrap_or(now))
+                .bind(i64::from(job.max_attempts.max(1)))
+                .bind(&job.idempotency_key)
+                .bind(now)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            let id: i64 = sqlx::query_scalar(&ph(insert_media))
+                .bind(product_id)
+                .bind(&media.blob_key)
+                .bind(&media.media_type)
+                .bind(media.size as i64)
+                .bind(row.id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            (id, row)
+        });
+        self.wake(&job.queue).await;
+        Ok((media_id, job_of(row)?.0))
     }
 
     /// A job by id.

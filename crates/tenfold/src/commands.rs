@@ -281,6 +281,18 @@ pub(crate) async fn run(
             .await
             .context("cannot open the job queue")?;
             app.set_job_queue(std::sync::Arc::new(queue));
+            let blobs = tenfold_blobs::DirBlobs::open(&config.media.dir)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open the media directory {}",
+                        config.media.dir.display()
+                    )
+                })?;
+            app.set_media(
+                std::sync::Arc::new(blobs),
+                config.media.max_upload_mib * 1024 * 1024,
+            );
             let stop = async move {
                 if exit_on_stdin_eof {
                     tokio::select! {

@@ -75,7 +75,19 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
     } else {
         Duration::from_secs(1)
     };
-    let registry = tenfold_jobs::builtin::registry();
+    let blobs = tenfold_blobs::DirBlobs::open(&config.media.dir)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the media directory {}",
+                config.media.dir.display()
+            )
+        })?;
+    // Video jobs (ffmpeg) are left to workers that have a handler for them.
+    let registry = tenfold_jobs::builtin::registry().register(
+        "image",
+        tenfold_jobs::media::ImageRenditions::new(Arc::new(blobs)),
+    );
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

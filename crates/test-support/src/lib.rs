@@ -204,25 +204,48 @@ pub async fn spawn_app_full(
     spawn_app_parts(store, settings, cache, shards, None).await
 }
 
-/// The service over `db` with its job queue (on the same database); returns the queue too.
-pub async fn spawn_app_with_jobs(
-    db: &TestDb,
-) -> (TestApp, std::sync::Arc<tenfold_store::queue::JobQueue>) {
+/// The largest upload a [`spawn_app_with_jobs`] service takes.
+pub const TEST_MAX_UPLOAD: u64 = 2 * 1024 * 1024;
+
+/// A service with its job queue (on the same database) and media uploads (into `blobs`).
+pub struct JobsApp {
+    /// The service.
+    pub app: TestApp,
+    /// Its queue.
+    pub queue: std::sync::Arc<tenfold_store::queue::JobQueue>,
+    /// Its blob storage (a temporary directory, removed on drop).
+    pub blobs: std::sync::Arc<tenfold_blobs::DirBlobs>,
+    _dir: tempfile::TempDir,
+}
+
+/// The service over `db` with its job queue and blob storage for uploads (at most [`TEST_MAX_UPLOAD`]).
+pub async fn spawn_app_with_jobs(db: &TestDb) -> JobsApp {
     let store = db.store().await;
     let queue = std::sync::Arc::new(
         tenfold_store::queue::JobQueue::connect(&db.url, Duration::from_secs(15))
             .await
             .expect("open the job queue"),
     );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let blobs = std::sync::Arc::new(
+        tenfold_blobs::DirBlobs::open(dir.path())
+            .await
+            .expect("open the blob directory"),
+    );
     let app = spawn_app_parts(
         store,
         HttpConfig::default(),
         &CacheConfig::default(),
         None,
-        Some(queue.clone()),
+        Some((queue.clone(), blobs.clone())),
     )
     .await;
-    (app, queue)
+    JobsApp {
+        app,
+        queue,
+        blobs,
+        _dir: dir,
+    }
 }
 
 async fn spawn_app_parts(
@@ -230,7 +253,10 @@ async fn spawn_app_parts(
     mut settings: HttpConfig,
     cache: &CacheConfig,
     shards: Option<std::sync::Arc<tenfold_store::OrderShards>>,
-    jobs: Option<std::sync::Arc<tenfold_store::queue::JobQueue>>,
+    jobs: Option<(
+        std::sync::Arc<tenfold_store::queue::JobQueue>,
+        std::sync::Arc<tenfold_blobs::DirBlobs>,
+    )>,
 ) -> TestApp {
     init_test_log();
     if settings.api_key.is_none() {
@@ -245,8 +271,9 @@ async fn spawn_app_parts(
     if let Some(s) = shards {
         app.set_order_shards(s);
     }
-    if let Some(q) = jobs {
+    if let Some((q, blobs)) = jobs {
         app.set_job_queue(q);
+        app.set_media(blobs, TEST_MAX_UPLOAD);
     }
     let task = tokio::spawn(async move {
         let _ = app

@@ -2,6 +2,7 @@
 
 pub(crate) mod customers;
 pub(crate) mod jobs;
+pub(crate) mod media;
 pub(crate) mod ops;
 pub(crate) mod orders;
 pub(crate) mod products;

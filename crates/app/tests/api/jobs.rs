@@ -11,7 +11,8 @@ use tenfold_test_support::{engines, spawn_app_with_jobs, TestDb, TEST_API_KEY};
 async fn a_jobs_status_and_events_follow_it_to_the_end() {
     for engine in engines() {
         let db = TestDb::new(engine).await;
-        let (app, q) = spawn_app_with_jobs(&db).await;
+        let j = spawn_app_with_jobs(&db).await;
+        let (app, q) = (j.app, j.queue);
         let http = reqwest::Client::new();
         let job = q
             .enqueue(&NewJob::new("media", "image", json!({"path": "a.jpg"})))

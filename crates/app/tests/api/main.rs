@@ -9,6 +9,7 @@ mod errors;
 mod fuzz;
 mod helpers;
 mod jobs;
+mod media;
 mod orders;
 mod protocol;
 mod replicas;

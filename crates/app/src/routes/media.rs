@@ -1,0 +1,155 @@
+//! `POST /api/products/{id}/media`: an upload streamed into blob storage, its type judged from its
+//! bytes, recorded with its processing job in one transaction, answered 202 with the job at once; and
+//! `/media/...`: the originals and renditions, served from the blob directory with immutable caching
+//! (their names are content-derived).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use serde::Serialize;
+use tenfold_blobs::{BlobError, DirBlobs};
+use tenfold_store::queue::{NewJob, NewMedia};
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ProductIdPath, Writer};
+use crate::routes::jobs::JobView;
+use crate::App;
+
+/// Where uploads go and how large they may be.
+pub(crate) struct Media {
+    pub(crate) blobs: Arc<DirBlobs>,
+    pub(crate) max_upload: u64,
+}
+
+/// An accepted upload.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadAccepted {
+    /// The media record.
+    pub media_id: i64,
+    /// The product.
+    pub product_id: i64,
+    /// `image/jpeg`, `video/mp4`... (from the bytes).
+    pub content_type: String,
+    /// Bytes received.
+    pub size: u64,
+    /// The original, as stored.
+    pub original: String,
+    /// The processing job (poll it, or follow its events).
+    pub job: JobView,
+}
+
+fn media(app: &App) -> ApiResult<&Media> {
+    app.inner.media.get().ok_or_else(|| ApiError::Unavailable {
+        detail: "media uploads are not available on this instance".into(),
+        retry_after: Duration::from_secs(5),
+    })
+}
+
+fn blob_error(e: BlobError) -> ApiError {
+    match e {
+        BlobError::TooLarge(n) => ApiError::PayloadTooLarge(n as usize),
+        BlobError::UnknownType => ApiError::UnsupportedMediaType(e.to_string()),
+        BlobError::Empty => ApiError::BadRequest(e.to_string()),
+        BlobError::Io(io) => ApiError::Unavailable {
+            detail: format!("blob storage failed: {io}"),
+            retry_after: Duration::from_secs(5),
+        },
+    }
+}
+
+/// Upload an image (JPEG, PNG, WebP, GIF) or a video (MP4, WebM) for a product; processing runs in the
+/// background.
+#[utoipa::path(
+    post,
+    path = "/api/products/{id}/media",
+    tag = "products",
+    params(("id" = i64, Path, description = "Product id", minimum = 1)),
+    request_body(content = Vec<u8>, description = "The file's bytes (the type is judged from them)", content_type = "application/octet-stream"),
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Stored; processing queued", body = UploadAccepted, headers(("Location" = String, description = "URL of the processing job"))),
+        (status = 400, description = "Empty or broken upload", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not an image or video we take", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn upload_media(
+    State(app): State<App>,
+    _w: Writer,
+    ProductIdPath(id): ProductIdPath,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let m = media(&app)?;
+    let queue = crate::routes::jobs::queue(&app)?;
+    if app.store().get_product(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "there is no product {}",
+            id.get()
+        )));
+    }
+    // A declared length over the limit is refused before a byte is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > m.max_upload) {
+        return Err(ApiError::PayloadTooLarge(m.max_upload as usize));
+    }
+    let mut w = m.blobs.writer(m.max_upload).await.map_err(blob_error)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("the upload broke off: {e}")))?;
+        w.write(&chunk).await.map_err(blob_error)?;
+    }
+    let stored = w.commit().await.map_err(blob_error)?;
+    let kind = if stored.media_type.is_image() {
+        "image"
+    } else {
+        "video"
+    };
+    let mut job = NewJob::new(
+        "media",
+        kind,
+        serde_json::json!({ "key": stored.key, "product_id": id.get() }),
+    );
+    job.max_attempts = 5;
+    let (media_id, job) = queue
+        .enqueue_media(
+            id.get(),
+            &NewMedia {
+                blob_key: stored.key.clone(),
+                media_type: stored.media_type.ext().to_owned(),
+                size: stored.size,
+            },
+            &job,
+        )
+        .await?;
+    let location = HeaderValue::from_str(&format!("/api/jobs/{}", job.id)).ok();
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(UploadAccepted {
+            media_id,
+            product_id: id.get(),
+            content_type: stored.media_type.mime().to_owned(),
+            size: stored.size,
+            original: format!("/media/{}", stored.key),
+            job: job.into(),
+        }),
+    )
+        .into_response();
+    if let Some(l) = location {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(resp)
+}

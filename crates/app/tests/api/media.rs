@@ -1,0 +1,261 @@
+//! Uploads: streamed into blob storage, typed from their bytes, answered 202 with a job before any
+//! processing; a worker makes the renditions (which exist, decode and are served with immutable caching);
+//! bad files end their job failed with a clear reason, bad requests get the right 4xx.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tenfold_jobs::{builtin, media::ImageRenditions, Worker, WorkerOptions};
+use tenfold_test_support::{engines, spawn_app_with_jobs, TestDb, TEST_API_KEY, TEST_MAX_UPLOAD};
+
+use crate::helpers::{create_category, create_product, problem};
+
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A PNG whose header claims 100,000 × 100,000 pixels (a decompression bomb), with a valid CRC.
+fn bomb() -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |body: &[u8]| {
+        out.extend(((body.len() - 4) as u32).to_be_bytes());
+        out.extend(body);
+        out.extend(crc32(body).to_be_bytes());
+    };
+    chunk(&ihdr);
+    // The start of a zlib stream: the decoder reaches the pixels only after the size was judged.
+    chunk(b"IDATx\x9c");
+    chunk(b"IEND");
+    out
+}
+
+async fn upload(base: &str, product: i64, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/api/products/{product}/media"))
+        .bearer_auth(TEST_API_KEY)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn job_state(base: &str, job: i64) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}/api/jobs/{job}"))
+        .bearer_auth(TEST_API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn until_finished(base: &str, job: i64) -> Value {
+    for _ in 0..300 {
+        let v = job_state(base, job).await;
+        if ["done", "failed", "dead"].contains(&v["state"].as_str().unwrap()) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {job} did not finish");
+}
+
+#[tokio::test]
+async fn an_upload_is_accepted_at_once_and_a_worker_makes_renditions_that_decode() {
+    for engine in engines() {
+        let db = TestDb::new(engine).await;
+        let j = spawn_app_with_jobs(&db).await;
+        let base = j.app.base.clone();
+        create_category(&j.app, "lamps").await;
+        let product = create_product(&j.app, "LAMP-1", "lamps").await["id"]
+            .as_i64()
+            .unwrap();
+
+        // No worker runs yet: the answer cannot wait for processing.
+        let original = png(1200, 900);
+        let r = upload(&base, product, original.clone()).await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED, "{engine:?}");
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["content_type"], "image/png");
+        assert_eq!(v["size"], original.len());
+        assert_eq!(v["job"]["state"], "queued");
+        let job = v["job"]["id"].as_i64().unwrap();
+        assert_eq!(location, format!("/api/jobs/{job}"));
+        // The same bytes again: the same original, a new job.
+        let again: Value = upload(&base, product, original.clone())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(again["original"], v["original"]);
+
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut opts = WorkerOptions::new("media-worker", &["media"]);
+        opts.poll = Duration::from_millis(20);
+        let worker = tokio::spawn(
+            Worker::new(
+                j.queue.clone(),
+                builtin::registry().register("image", ImageRenditions::new(j.blobs.clone())),
+                opts,
+            )
+            .run(async {
+                let _ = stopped.await;
+            }),
+        );
+        let done = until_finished(&base, job).await;
+        assert_eq!(done["state"], "done", "{engine:?}: {done}");
+        assert_eq!(done["progress"], 100);
+        let renditions = done["result"]["renditions"].as_array().unwrap();
+        assert_eq!(renditions.len(), 4);
+        let http = reqwest::Client::new();
+        for r in renditions {
+            let url = format!("{base}{}", r["url"].as_str().unwrap());
+            let resp = http.get(&url).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{url}");
+            assert!(resp.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .contains("immutable"));
+            let bytes = resp.bytes().await.unwrap();
+            let img = image::load_from_memory(&bytes).unwrap();
+            let side = if r["name"] == "thumb" { 200 } else { 800 };
+            assert_eq!(img.width().max(img.height()), side, "{r}");
+            assert_eq!(
+                (img.width(), img.height()),
+                (
+                    r["width"].as_u64().unwrap() as u32,
+                    r["height"].as_u64().unwrap() as u32
+                )
+            );
+        }
+        let orig = http
+            .get(format!("{base}{}", v["original"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(orig.bytes().await.unwrap().to_vec(), original);
+
+        // Bad files: accepted (their type is right), then failed with a reason, not retried.
+        let mut truncated = png(300, 300);
+        truncated.truncate(truncated.len() / 2);
+        for (bytes, why) in [
+            (truncated, "corrupt or truncated"),
+            (bomb(), "more than the 50000000 allowed"),
+        ] {
+            let r = upload(&base, product, bytes).await;
+            assert_eq!(r.status(), StatusCode::ACCEPTED);
+            let id = r.json::<Value>().await.unwrap()["job"]["id"]
+                .as_i64()
+                .unwrap();
+            let end = until_finished(&base, id).await;
+            assert_eq!(end["state"], "failed", "{end}");
+            assert_eq!(end["attempts"], 1);
+            assert!(end["last_error"].as_str().unwrap().contains(why), "{end}");
+        }
+        stop.send(()).unwrap();
+        worker.await.unwrap().unwrap();
+        j.app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_uploads_get_clear_4xx_answers_and_leave_no_blob() {
+    let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
+    let j = spawn_app_with_jobs(&db).await;
+    let base = j.app.base.clone();
+    create_category(&j.app, "lamps").await;
+    let product = create_product(&j.app, "LAMP-1", "lamps").await["id"]
+        .as_i64()
+        .unwrap();
+    let r = upload(
+        &base,
+        product,
+        b"<html><body>not an image</body></html>".to_vec(),
+    )
+    .await;
+    let p = problem(r, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("not an image"),
+        "{p}"
+    );
+    problem(
+        upload(&base, product, Vec::new()).await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let mut big = png(16, 16);
+    big.resize(TEST_MAX_UPLOAD as usize + 1, 0);
+    problem(
+        upload(&base, product, big).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    problem(
+        upload(&base, 999_999, png(8, 8)).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/products/{product}/media"))
+        .body(png(8, 8))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    problem(
+        reqwest::get(format!("{base}/media/renditions/nothing.webp"))
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_eq!(
+        std::fs::read_dir(j.blobs.root().join("tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(j.blobs.root().join("originals"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(
+        j.queue.stats().await.unwrap().is_empty(),
+        "no job for a refused upload"
+    );
+    let _ = Arc::clone(&j.queue);
+    j.app.stop().await;
+}

@@ -1,0 +1,308 @@
+//! Role: blob storage for uploaded media and their renditions. The embedded default is a directory
+//! ([`DirBlobs`]); the [`BlobWriter`] / [`Blobs`] seam is what an S3-compatible store would implement
+//! (a multipart upload behind the writer, objects by key).
+//!
+//! Invariants: a blob becomes visible under its key only when complete (written to a temporary file,
+//! then renamed); keys of originals are content-derived (`originals/<sha256>.<ext>`), so storing the
+//! same bytes twice stores them once; an upload's type is decided from its bytes, never its name.
+//!
+//! Entry points: [`DirBlobs::open`], [`DirBlobs::writer`], [`BlobWriter::write`], [`BlobWriter::commit`],
+//! [`DirBlobs::put_atomic`], [`sniff`].
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// What an upload is, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaType {
+    /// JPEG.
+    Jpeg,
+    /// PNG.
+    Png,
+    /// WebP.
+    Webp,
+    /// GIF.
+    Gif,
+    /// MP4 / QuickTime (ISO base media).
+    Mp4,
+    /// WebM / Matroska.
+    Webm,
+}
+
+impl MediaType {
+    /// Whether it is a still image (else a video).
+    pub fn is_image(self) -> bool {
+        matches!(
+            self,
+            MediaType::Jpeg | MediaType::Png | MediaType::Webp | MediaType::Gif
+        )
+    }
+
+    /// The file extension used in keys.
+    pub fn ext(self) -> &'static str {
+        match self {
+            MediaType::Jpeg => "jpg",
+            MediaType::Png => "png",
+            MediaType::Webp => "webp",
+            MediaType::Gif => "gif",
+            MediaType::Mp4 => "mp4",
+            MediaType::Webm => "webm",
+        }
+    }
+
+    /// Its MIME type.
+    pub fn mime(self) -> &'static str {
+        match self {
+            MediaType::Jpeg => "image/jpeg",
+            MediaType::Png => "image/png",
+            MediaType::Webp => "image/webp",
+            MediaType::Gif => "image/gif",
+            MediaType::Mp4 => "video/mp4",
+            MediaType::Webm => "video/webm",
+        }
+    }
+}
+
+/// The type of a file from its first bytes (at least 12 are needed), if it is one we take.
+pub fn sniff(head: &[u8]) -> Option<MediaType> {
+    let at = |off: usize, sig: &[u8]| {
+        head.len() >= off + sig.len() && &head[off..off + sig.len()] == sig
+    };
+    if at(0, &[0xFF, 0xD8, 0xFF]) {
+        Some(MediaType::Jpeg)
+    } else if at(0, b"\x89PNG\r\n\x1a\n") {
+        Some(MediaType::Png)
+    } else if at(0, b"RIFF") && at(8, b"WEBP") {
+        Some(MediaType::Webp)
+    } else if at(0, b"GIF87a") || at(0, b"GIF89a") {
+        Some(MediaType::Gif)
+    } else if at(4, b"ftyp") {
+        Some(MediaType::Mp4)
+    } else if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
+        Some(MediaType::Webm)
+    } else {
+        None
+    }
+}
+
+/// Why a blob was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    /// Larger than the limit.
+    #[error("the upload is larger than {0} bytes")]
+    TooLarge(u64),
+    /// Not a type we take (judged from the bytes).
+    #[error("the upload is not an image (JPEG, PNG, WebP, GIF) or a video (MP4, WebM)")]
+    UnknownType,
+    /// Empty.
+    #[error("the upload is empty")]
+    Empty,
+    /// The disk failed.
+    #[error("blob storage failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Blobs in a directory: `originals/`, `renditions/`, and `tmp/` for writes in progress.
+#[derive(Debug, Clone)]
+pub struct DirBlobs {
+    root: PathBuf,
+}
+
+/// A stored original.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// `originals/<sha256>.<ext>`.
+    pub key: String,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// Bytes.
+    pub size: u64,
+    /// Its type, from its bytes.
+    pub media_type: MediaType,
+}
+
+impl DirBlobs {
+    /// Blobs under `root` (created if missing).
+    pub async fn open(root: impl Into<PathBuf>) -> Result<DirBlobs, BlobError> {
+        let root = root.into();
+        for d in ["originals", "renditions", "tmp"] {
+            tokio::fs::create_dir_all(root.join(d)).await?;
+        }
+        Ok(DirBlobs { root })
+    }
+
+    /// The file of a key (keys are ours: `originals/...` or `renditions/...`, never client input).
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Starts storing an original of at most `limit` bytes.
+    pub async fn writer(&self, limit: u64) -> Result<BlobWriter, BlobError> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("upload-{:032x}", rand::random::<u128>()));
+        let file = tokio::fs::File::create(&tmp).await?;
+        Ok(BlobWriter {
+            root: self.root.clone(),
+            tmp: Some(tmp),
+            file: Some(tokio::io::BufWriter::with_capacity(256 * 1024, file)),
+            hash: Sha256::new(),
+            head: Vec::with_capacity(16),
+            size: 0,
+            limit,
+        })
+    }
+
+    /// Writes `bytes` under `key` atomically (a temporary file renamed into place): a reader sees the
+    /// whole blob or none. Writing the same key again replaces it with the same bytes (keys are
+    /// content-derived), so a job that runs twice has the effect of once.
+    pub async fn put_atomic(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
+        let dest = self.root.join(key);
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("put-{:032x}", rand::random::<u128>()));
+        let mut f = tokio::fs::File::create(&tmp).await?;
+        f.write_all(bytes).await?;
+        f.sync_all().await?;
+        drop(f);
+        tokio::fs::rename(&tmp, &dest).await?;
+        Ok(())
+    }
+}
+
+/// An original being stored: written to a temporary file while hashed and sniffed.
+pub struct BlobWriter {
+    root: PathBuf,
+    tmp: Option<PathBuf>,
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    hash: Sha256,
+    head: Vec<u8>,
+    size: u64,
+    limit: u64,
+}
+
+impl BlobWriter {
+    /// Appends a chunk; fails (and the upload is dropped) past the limit, or when the first bytes are
+    /// not a type we take.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        self.size += chunk.len() as u64;
+        if self.size > self.limit {
+            return Err(BlobError::TooLarge(self.limit));
+        }
+        if self.head.len() < 16 {
+            let take = (16 - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+            if self.head.len() >= 12 && sniff(&self.head).is_none() {
+                return Err(BlobError::UnknownType);
+            }
+        }
+        self.hash.update(chunk);
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Finishes: the blob appears under its content-derived key (once, however often it is uploaded).
+    pub async fn commit(mut self) -> Result<Stored, BlobError> {
+        if self.size == 0 {
+            return Err(BlobError::Empty);
+        }
+        let media_type = sniff(&self.head).ok_or(BlobError::UnknownType)?;
+        let mut f = self.file.take().ok_or(BlobError::Empty)?;
+        f.flush().await?;
+        f.get_ref().sync_all().await?;
+        drop(f);
+        let sha256: String = std::mem::take(&mut self.hash)
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let key = format!("originals/{sha256}.{}", media_type.ext());
+        let tmp = self.tmp.take().ok_or(BlobError::Empty)?;
+        tokio::fs::rename(&tmp, self.root.join(&key)).await?;
+        Ok(Stored {
+            key,
+            sha256,
+            size: self.size,
+            media_type,
+        })
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // An upload that failed or was abandoned leaves nothing behind.
+        if let Some(tmp) = self.tmp.take() {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn types_come_from_the_bytes() {
+        assert_eq!(
+            sniff(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Some(MediaType::Jpeg)
+        );
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\0"), Some(MediaType::Png));
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(MediaType::Webp));
+        assert_eq!(sniff(b"\0\0\0\x18ftypmp42"), Some(MediaType::Mp4));
+        assert_eq!(sniff(b"<html><body>"), None);
+        assert_eq!(sniff(b"GIF89a\0\0\0\0\0\0"), Some(MediaType::Gif));
+    }
+
+    #[tokio::test]
+    async fn an_upload_is_stored_once_under_its_hash_and_a_failed_one_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = DirBlobs::open(dir.path()).await.unwrap();
+        let png = b"\x89PNG\r\n\x1a\n0123456789";
+        let mut w = blobs.writer(1000).await.unwrap();
+        w.write(&png[..5]).await.unwrap();
+        w.write(&png[5..]).await.unwrap();
+        let a = w.commit().await.unwrap();
+        assert_eq!(a.media_type, MediaType::Png);
+        assert_eq!(a.size, png.len() as u64);
+        assert!(a.key.starts_with("originals/") && a.key.ends_with(".png"));
+        let mut w = blobs.writer(1000).await.unwrap();
+        w.write(png).await.unwrap();
+        assert_eq!(w.commit().await.unwrap().key, a.key);
+        assert_eq!(std::fs::read(blobs.path(&a.key)).unwrap(), png);
+
+        let mut w = blobs.writer(8).await.unwrap();
+        assert!(matches!(w.write(png).await, Err(BlobError::TooLarge(8))));
+        drop(w);
+        let mut w = blobs.writer(1000).await.unwrap();
+        assert!(matches!(
+            w.write(b"hello, world!").await,
+            Err(BlobError::UnknownType)
+        ));
+        drop(w);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        assert!(matches!(
+            blobs.writer(10).await.unwrap().commit().await,
+            Err(BlobError::Empty)
+        ));
+    }
+}
