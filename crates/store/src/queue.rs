@@ -326,6 +326,27 @@ fn job_of(r: JobRow) -> Result<(Job, i64), StoreError> {
     ))
 }
 
+/// A new job's row (its values bound by `bind_job!`, in this order).
+const INSERT_JOB: &str =
+    "INSERT INTO jobs (queue, kind, args, state, priority, run_at, attempts, max_attempts, \
+     progress, idempotency_key, created_ms, updated_ms, lease) \
+     VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, 0, ?, ?, ?, 0)";
+
+/// Binds a `NewJob`'s values to an `INSERT_JOB` query (`args`: its JSON text; `now`: Unix ms).
+macro_rules! bind_job {
+    ($q:expr, $job:expr, $args:expr, $now:expr) => {
+        $q.bind(&$job.queue)
+            .bind(&$job.kind)
+            .bind(&$args)
+            .bind(i64::from($job.priority))
+            .bind($job.run_at_ms.unwrap_or($now))
+            .bind(i64::from($job.max_attempts.max(1)))
+            .bind(&$job.idempotency_key)
+            .bind($now)
+            .bind($now)
+    };
+}
+
 /// Runs the same statement on either engine, `?` placeholders rewritten for PostgreSQL.
 macro_rules! on_queue {
     ($pool:expr, |$p:ident, $ph:ident| $body:expr) => {
@@ -411,23 +432,9 @@ impl JobQueue {
     pub async fn enqueue(&self, new: &NewJob) -> Result<(Job, bool), StoreError> {
         let now = now_ms();
         let args = serde_json::to_string(&new.args).map_err(|e| StoreError::Other(Box::new(e)))?;
-        let sql = format!(
-            "INSERT INTO jobs (queue, kind, args, state, priority, run_at, attempts, max_attempts, progress, \
-             idempotency_key, created_ms, updated_ms, lease) \
-             VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, 0, ?, ?, ?, 0) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLS}"
-        );
+        let sql = format!("{INSERT_JOB} ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLS}");
         let row: Option<JobRow> = on_queue!(&self.pool, |p, ph| {
-            sqlx::query_as(&ph(&sql))
-                .bind(&new.queue)
-                .bind(&new.kind)
-                .bind(&args)
-                .bind(i64::from(new.priority))
-                .bind(new.run_at_ms.unwrap_or(now))
-                .bind(i64::from(new.max_attempts.max(1)))
-                .bind(&new.idempotency_key)
-                .bind(now)
-                .bind(now)
+            bind_job!(sqlx::query_as(&ph(&sql)), new, args, now)
                 .fetch_optional(p)
                 .await?
         });
@@ -459,26 +466,13 @@ impl JobQueue {
     ) -> Result<(i64, Job), StoreError> {
         let now = now_ms();
         let args = serde_json::to_string(&job.args).map_err(|e| StoreError::Other(Box::new(e)))?;
-        let insert_job = format!(
-            "INSERT INTO jobs (queue, kind, args, state, priority, run_at, attempts, max_attempts, progress, \
-             idempotency_key, created_ms, updated_ms, lease) \
-             VALUES (?, ?, ?, 'queued', ?, ?, 0, ?, 0, ?, ?, ?, 0) RETURNING {COLS}"
-        );
+        let insert_job = format!("{INSERT_JOB} RETURNING {COLS}");
         let insert_media =
             "INSERT INTO media (product_id, blob_key, media_type, size, job_id, created_ms) \
                             VALUES (?, ?, ?, ?, ?, ?) RETURNING id";
         let (media_id, row): (i64, JobRow) = on_queue!(&self.pool, |p, ph| {
             let mut tx = p.begin().await?;
-            let row: JobRow = sqlx::query_as(&ph(&insert_job))
-                .bind(&job.queue)
-                .bind(&job.kind)
-                .bind(&args)
-                .bind(i64::from(job.priority))
-                .bind(job.run_at_ms.unwrap_or(now))
-                .bind(i64::from(job.max_attempts.max(1)))
-                .bind(&job.idempotency_key)
-                .bind(now)
-                .bind(now)
+            let row: JobRow = bind_job!(sqlx::query_as(&ph(&insert_job)), job, args, now)
                 .fetch_one(&mut *tx)
                 .await?;
             let id: i64 = sqlx::query_scalar(&ph(insert_media))
