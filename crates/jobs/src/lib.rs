@@ -169,7 +169,9 @@ impl Worker {
         let running: Arc<Mutex<HashMap<i64, Lease>>> = Arc::default();
         let counts = Arc::new(Counts::default());
         let mut tasks = JoinSet::new();
-        let mut ready: std::collections::VecDeque<Lease> = std::collections::VecDeque::new();
+        // Claimed jobs not started yet, with when they were claimed.
+        let mut ready: std::collections::VecDeque<(Instant, Lease)> =
+            std::collections::VecDeque::new();
         let mut waker = self.queue.waker(self.opts.poll).await?;
         let (done_tx, done_rx) = tokio::sync::mpsc::channel::<Done>(concurrency * 4);
         let completer = tokio::spawn(complete_in_batches(
@@ -197,9 +199,25 @@ impl Worker {
                 .then(|| slots.clone().try_acquire_owned().ok())
                 .flatten()
             {
-                let Some(lease) = ready.pop_front() else {
+                let Some((claimed, lease)) = ready.pop_front() else {
                     break;
                 };
+                // A job that waited in the buffer for a third of its lease (long jobs ahead of it) has
+                // its lease renewed before it starts, or is dropped if another worker has taken it.
+                if claimed.elapsed() >= self.opts.lease / 3 {
+                    match self.queue.heartbeat(&lease, self.opts.lease, None).await {
+                        Ok(tenfold_store::queue::Beat::Renewed) => {}
+                        Ok(_) => {
+                            counts.abandoned.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, job = lease.job.id, "could not renew a buffered job's lease; releasing it");
+                            let _ = self.queue.release(&lease).await;
+                            continue;
+                        }
+                    }
+                }
                 let Some(handler) = self.registry.handlers.get(&lease.job.kind).cloned() else {
                     let _ = self.queue.release(&lease).await;
                     continue;
@@ -235,7 +253,8 @@ impl Worker {
                     .await
                 {
                     Ok(leases) if !leases.is_empty() => {
-                        ready.extend(leases);
+                        let now = Instant::now();
+                        ready.extend(leases.into_iter().map(|l| (now, l)));
                         continue;
                     }
                     Ok(_) => idle = true,
@@ -257,7 +276,7 @@ impl Worker {
         // Shutdown: no more claims; buffered jobs go back; running ones get the grace period, then are
         // released unfinished.
         let mut released = 0;
-        for l in ready.drain(..) {
+        for (_, l) in ready.drain(..) {
             if self.queue.release(&l).await.unwrap_or(false) {
                 released += 1;
             }

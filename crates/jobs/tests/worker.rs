@@ -191,3 +191,79 @@ async fn shutdown_releases_unfinished_jobs_and_cancel_stops_a_running_one() {
         );
     }
 }
+
+/// Counts runs per job id; sleeps `sleep_ms` from the args.
+struct Counting(Arc<std::sync::Mutex<std::collections::HashMap<i64, u32>>>);
+
+#[async_trait::async_trait]
+impl Handler for Counting {
+    async fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, JobError> {
+        *self.0.lock().unwrap().entry(ctx.job.id).or_default() += 1;
+        let ms = ctx.job.args["sleep_ms"].as_u64().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(json!(null))
+    }
+}
+
+#[tokio::test]
+async fn a_buffered_job_whose_lease_ran_out_is_not_run_twice() {
+    for engine in engines() {
+        let db = TestDb::new(engine).await;
+        let qa = queue(&db).await;
+        let qb = queue(&db).await; // another process's queue handle (its own reaping clock)
+        let long = qa
+            .enqueue(&NewJob::new("media", "count", json!({"sleep_ms": 1500})))
+            .await
+            .unwrap()
+            .0
+            .id;
+        let short = qa
+            .enqueue(&NewJob::new("media", "count", json!({})))
+            .await
+            .unwrap()
+            .0
+            .id;
+        let runs = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let mut o = opts();
+        o.concurrency = 1;
+        o.lease = Duration::from_millis(400);
+        let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
+        let (stop_b, stopped_b) = tokio::sync::oneshot::channel::<()>();
+        // Worker A claims both (one running, one buffered behind the long job).
+        let a = tokio::spawn(
+            Worker::new(
+                qa.clone(),
+                builtin::registry().register("count", Counting(runs.clone())),
+                o.clone(),
+            )
+            .run(async {
+                let _ = stopped_a.await;
+            }),
+        );
+        until(&qa, &[long, short], |s| s == JobState::Running).await;
+        // Worker B, idle, reaps the buffered job's expired lease and runs it.
+        let b = tokio::spawn(
+            Worker::new(
+                qb.clone(),
+                builtin::registry().register("count", Counting(runs.clone())),
+                o,
+            )
+            .run(async {
+                let _ = stopped_b.await;
+            }),
+        );
+        until(&qa, &[long, short], |s| s == JobState::Done).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop_a.send(()).unwrap();
+        stop_b.send(()).unwrap();
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        let runs = runs.lock().unwrap().clone();
+        assert_eq!(runs.get(&long), Some(&1), "{engine:?}: {runs:?}");
+        assert_eq!(
+            runs.get(&short),
+            Some(&1),
+            "{engine:?}: the buffered job ran twice: {runs:?}"
+        );
+    }
+}
