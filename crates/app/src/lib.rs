@@ -191,6 +191,7 @@ impl App {
             .routes(routes!(orders::customer_orders))
             .routes(routes!(orders::revenue))
             .routes(routes!(media::upload_media))
+            .routes(routes!(media::import_products))
             .routes(routes!(jobs::get_job))
             .routes(routes!(jobs::job_events))
             .routes(routes!(jobs::queue_stats))

@@ -128,7 +128,7 @@ impl DirBlobs {
     /// Blobs under `root` (created if missing).
     pub async fn open(root: impl Into<PathBuf>) -> Result<DirBlobs, BlobError> {
         let root = root.into();
-        for d in ["originals", "renditions", "tmp"] {
+        for d in ["originals", "renditions", "imports", "tmp"] {
             tokio::fs::create_dir_all(root.join(d)).await?;
         }
         Ok(DirBlobs { root })
@@ -146,6 +146,20 @@ impl DirBlobs {
 
     /// Starts storing an original of at most `limit` bytes.
     pub async fn writer(&self, limit: u64) -> Result<BlobWriter, BlobError> {
+        self.writer_in(limit, None).await
+    }
+
+    /// Starts storing a file of another kind (an import) of at most `limit` bytes, kept as
+    /// `imports/<sha256>.<ext>`; its type is not judged.
+    pub async fn import_writer(&self, limit: u64, ext: &str) -> Result<BlobWriter, BlobError> {
+        self.writer_in(limit, Some(ext.to_owned())).await
+    }
+
+    async fn writer_in(
+        &self,
+        limit: u64,
+        import_ext: Option<String>,
+    ) -> Result<BlobWriter, BlobError> {
         let tmp = self
             .root
             .join("tmp")
@@ -159,6 +173,7 @@ impl DirBlobs {
             head: Vec::with_capacity(16),
             size: 0,
             limit,
+            import_ext,
         })
     }
 
@@ -192,6 +207,17 @@ pub struct BlobWriter {
     head: Vec<u8>,
     size: u64,
     limit: u64,
+    /// `Some(ext)`: an import, stored untyped under `imports/`.
+    import_ext: Option<String>,
+}
+
+/// A stored import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImport {
+    /// `imports/<sha256>.<ext>`.
+    pub key: String,
+    /// Bytes.
+    pub size: u64,
 }
 
 impl BlobWriter {
@@ -202,7 +228,7 @@ impl BlobWriter {
         if self.size > self.limit {
             return Err(BlobError::TooLarge(self.limit));
         }
-        if self.head.len() < 16 {
+        if self.head.len() < 16 && self.import_ext.is_none() {
             let take = (16 - self.head.len()).min(chunk.len());
             self.head.extend_from_slice(&chunk[..take]);
             if self.head.len() >= 12 && sniff(&self.head).is_none() {
@@ -222,24 +248,48 @@ impl BlobWriter {
             return Err(BlobError::Empty);
         }
         let media_type = sniff(&self.head).ok_or(BlobError::UnknownType)?;
-        let mut f = self.file.take().ok_or(BlobError::Empty)?;
-        f.flush().await?;
-        f.get_ref().sync_all().await?;
-        drop(f);
-        let sha256: String = std::mem::take(&mut self.hash)
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = self.finish().await?;
         let key = format!("originals/{sha256}.{}", media_type.ext());
-        let tmp = self.tmp.take().ok_or(BlobError::Empty)?;
-        tokio::fs::rename(&tmp, self.root.join(&key)).await?;
+        self.place(&key).await?;
         Ok(Stored {
             key,
             sha256,
             size: self.size,
             media_type,
         })
+    }
+
+    /// Finishes an import (see [`DirBlobs::import_writer`]).
+    pub async fn commit_import(mut self) -> Result<StoredImport, BlobError> {
+        if self.size == 0 {
+            return Err(BlobError::Empty);
+        }
+        let ext = self.import_ext.clone().unwrap_or_else(|| "bin".into());
+        let sha256 = self.finish().await?;
+        let key = format!("imports/{sha256}.{ext}");
+        self.place(&key).await?;
+        Ok(StoredImport {
+            key,
+            size: self.size,
+        })
+    }
+
+    async fn finish(&mut self) -> Result<String, BlobError> {
+        let mut f = self.file.take().ok_or(BlobError::Empty)?;
+        f.flush().await?;
+        f.get_ref().sync_all().await?;
+        drop(f);
+        Ok(std::mem::take(&mut self.hash)
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+
+    async fn place(&mut self, key: &str) -> Result<(), BlobError> {
+        let tmp = self.tmp.take().ok_or(BlobError::Empty)?;
+        tokio::fs::rename(&tmp, self.root.join(key)).await?;
+        Ok(())
     }
 }
 

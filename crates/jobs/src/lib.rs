@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 pub mod builtin;
+pub mod imports;
 pub mod media;
 
 /// Why a handler's attempt failed.
@@ -39,15 +40,30 @@ pub enum JobError {
 
 /// What a handler sees of its job.
 pub struct JobCtx {
-    /// The job as claimed (its `attempts` counts this one).
+    /// The job as claimed (its `attempts` counts this one; its `checkpoint` is where an earlier attempt
+    /// got to).
     pub job: Job,
     progress: Arc<AtomicU8>,
+    queue: Arc<JobQueue>,
+    lease: Lease,
 }
 
 impl JobCtx {
     /// Reports progress (0-100); it reaches the queue with the next heartbeat.
     pub fn progress(&self, percent: u8) {
         self.progress.store(percent.min(100), Ordering::Relaxed);
+    }
+
+    /// Saves where the job got to, durably, so that an attempt after a crash resumes there. Fails (and the
+    /// handler should stop) when this worker no longer holds the job.
+    pub async fn checkpoint(&self, at: &serde_json::Value) -> Result<(), JobError> {
+        match self.queue.save_checkpoint(&self.lease, at).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(JobError::Retry(
+                "the job's lease was lost (or it was cancelled) while it ran".into(),
+            )),
+            Err(e) => Err(JobError::Retry(format!("cannot save a checkpoint: {e}"))),
+        }
     }
 }
 
@@ -366,7 +382,7 @@ enum Stop {
 
 /// One attempt: the handler raced against its heartbeats; the outcome recorded under the lease.
 async fn run_one(
-    queue: &JobQueue,
+    queue: &Arc<JobQueue>,
     handler: Arc<dyn Handler>,
     lease: Lease,
     opts: &WorkerOptions,
@@ -377,6 +393,8 @@ async fn run_one(
     let ctx = JobCtx {
         job: lease.job.clone(),
         progress: progress.clone(),
+        queue: queue.clone(),
+        lease: lease.clone(),
     };
     let kind = lease.job.kind.clone();
     let started = Instant::now();

@@ -164,6 +164,8 @@ pub struct Job {
     pub updated_ms: i64,
     /// Unix ms when it finished.
     pub finished_ms: Option<i64>,
+    /// Where the job got to, as its handler last saved it (see [`JobQueue::save_checkpoint`]).
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 /// A claimed job and the fencing token its worker must show.
@@ -276,7 +278,7 @@ fn now_ms() -> i64 {
 }
 
 const COLS: &str = "id, queue, kind, args, state, priority, run_at, attempts, max_attempts, progress, \
-                    last_error, result, idempotency_key, worker, created_ms, updated_ms, finished_ms, lease";
+                    last_error, result, idempotency_key, worker, created_ms, updated_ms, finished_ms, lease, checkpoint";
 
 #[derive(sqlx::FromRow)]
 struct JobRow {
@@ -298,6 +300,7 @@ struct JobRow {
     updated_ms: i64,
     finished_ms: Option<i64>,
     lease: i64,
+    checkpoint: Option<String>,
 }
 
 fn job_of(r: JobRow) -> Result<(Job, i64), StoreError> {
@@ -321,6 +324,7 @@ fn job_of(r: JobRow) -> Result<(Job, i64), StoreError> {
             created_ms: r.created_ms,
             updated_ms: r.updated_ms,
             finished_ms: r.finished_ms,
+            checkpoint: r.checkpoint.as_deref().map(json).transpose()?,
         },
         r.lease,
     ))
@@ -664,6 +668,29 @@ impl JobQueue {
             sqlx::query(&ph(sql))
                 .bind(result)
                 .bind(now)
+                .bind(now)
+                .bind(lease.job.id)
+                .bind(lease.token)
+                .execute(p)
+                .await?
+                .rows_affected()
+                == 1
+        }))
+    }
+
+    /// Saves where a running job got to, durably; a later attempt sees it in `Job::checkpoint`. False if
+    /// this lease no longer holds the job.
+    pub async fn save_checkpoint(
+        &self,
+        lease: &Lease,
+        checkpoint: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let v = serde_json::to_string(checkpoint).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let sql = "UPDATE jobs SET checkpoint = ?, updated_ms = ? WHERE id = ? AND lease = ? AND state = 'running'";
+        Ok(on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(v)
                 .bind(now)
                 .bind(lease.job.id)
                 .bind(lease.token)

@@ -83,11 +83,18 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
                 config.media.dir.display()
             )
         })?;
+    let blobs = Arc::new(blobs);
+    let store = crate::commands::open_store(&config, false).await?;
     // Video jobs (ffmpeg) are left to workers that have a handler for them.
-    let registry = tenfold_jobs::builtin::registry().register(
-        "image",
-        tenfold_jobs::media::ImageRenditions::new(Arc::new(blobs)),
-    );
+    let registry = tenfold_jobs::builtin::registry()
+        .register(
+            "image",
+            tenfold_jobs::media::ImageRenditions::new(blobs.clone()),
+        )
+        .register(
+            "import",
+            tenfold_jobs::imports::ImportProducts::new(blobs, store.clone()),
+        );
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -119,6 +126,7 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
         released = report.released,
         "worker stopped"
     );
+    store.close().await;
     Ok(())
 }
 

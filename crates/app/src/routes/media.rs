@@ -153,3 +153,60 @@ pub(crate) async fn upload_media(
     }
     Ok(resp)
 }
+
+/// A bulk import of products from CSV (columns `sku`, `name`, `description`, `price_minor`, `currency`,
+/// `stock`, `category`); it runs in the background, reporting progress and row errors on its job.
+#[utoipa::path(
+    post,
+    path = "/api/imports",
+    tag = "products",
+    request_body(content = String, description = "CSV with a header row", content_type = "text/csv"),
+    security(("api_key" = [])),
+    responses(
+        (status = 202, description = "Stored; the import is queued", body = JobView, headers(("Location" = String, description = "URL of the import job"))),
+        (status = 400, description = "Empty upload", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn import_products(
+    State(app): State<App>,
+    _w: Writer,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let m = media(&app)?;
+    let queue = crate::routes::jobs::queue(&app)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > m.max_upload) {
+        return Err(ApiError::PayloadTooLarge(m.max_upload as usize));
+    }
+    let mut w = m
+        .blobs
+        .import_writer(m.max_upload, "csv")
+        .await
+        .map_err(blob_error)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("the upload broke off: {e}")))?;
+        w.write(&chunk).await.map_err(blob_error)?;
+    }
+    let stored = w.commit_import().await.map_err(blob_error)?;
+    let mut job = NewJob::new(
+        "import",
+        "import",
+        serde_json::json!({ "key": stored.key, "bytes": stored.size }),
+    );
+    job.max_attempts = 10;
+    let (job, _) = queue.enqueue(&job).await?;
+    let location = HeaderValue::from_str(&format!("/api/jobs/{}", job.id)).ok();
+    let mut resp = (StatusCode::ACCEPTED, Json(JobView::from(job))).into_response();
+    if let Some(l) = location {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    Ok(resp)
+}

@@ -8,6 +8,7 @@ mod customers;
 mod errors;
 mod fuzz;
 mod helpers;
+mod imports;
 mod jobs;
 mod media;
 mod orders;
