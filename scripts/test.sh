@@ -4,4 +4,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export TENFOLD_TEST_POSTGRES_URL="${TENFOLD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export TENFOLD_TEST_REDIS_URL="${TENFOLD_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+# The video tests run ffmpeg and ffprobe (Debian package), as video workers do.
+if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]]; then
+        echo "scripts/test.sh: installing ffmpeg (the video tests need it)" >&2
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q ffmpeg >/dev/null; then
+            apt-get update -q >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q ffmpeg >/dev/null
+        fi
+    else
+        echo "scripts/test.sh: the video tests need ffmpeg: sudo apt-get install ffmpeg" >&2
+        exit 1
+    fi
+fi
 exec cargo test --workspace --locked "$@"

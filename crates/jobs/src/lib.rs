@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 pub mod builtin;
 pub mod imports;
 pub mod media;
+pub mod video;
 
 /// Why a handler's attempt failed.
 #[derive(Debug, thiserror::Error)]

@@ -85,7 +85,11 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
         })?;
     let blobs = Arc::new(blobs);
     let store = crate::commands::open_store(&config, false).await?;
-    // Video jobs (ffmpeg) are left to workers that have a handler for them.
+    // Video jobs need ffmpeg: a worker without it leaves them to workers that have it.
+    let video = tenfold_jobs::video::VideoRenditions::detect(blobs.clone()).await;
+    if video.is_none() {
+        tracing::warn!("ffmpeg/ffprobe not found: this worker leaves video jobs to others");
+    }
     let registry = tenfold_jobs::builtin::registry()
         .register(
             "image",
@@ -95,6 +99,10 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
             "import",
             tenfold_jobs::imports::ImportProducts::new(blobs, store.clone()),
         );
+    let registry = match video {
+        Some(v) => registry.register("video", v),
+        None => registry,
+    };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,

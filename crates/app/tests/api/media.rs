@@ -257,3 +257,117 @@ async fn bad_uploads_get_clear_4xx_answers_and_leave_no_blob() {
     );
     j.app.stop().await;
 }
+
+/// A 2-second 320×240 H.264 test video made by ffmpeg (scripts/test.sh installs it).
+fn test_video(dir: &std::path::Path) -> Vec<u8> {
+    let path = dir.join("source.mp4");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-y", "-v", "error", "-f", "lavfi", "-i", "testsrc=duration=2:size=320x240:rate=10"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg is needed for the video tests (apt-get install ffmpeg; scripts/test.sh installs it)")
+        .success();
+    assert!(ok, "ffmpeg made no test video");
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test]
+async fn a_video_gets_h264_renditions_and_a_poster_and_a_worker_without_ffmpeg_leaves_it() {
+    let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
+    let j = spawn_app_with_jobs(&db).await;
+    let base = j.app.base.clone();
+    create_category(&j.app, "lamps").await;
+    let product = create_product(&j.app, "LAMP-1", "lamps").await["id"]
+        .as_i64()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = upload(&base, product, test_video(dir.path())).await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["content_type"], "video/mp4");
+    let job = v["job"]["id"].as_i64().unwrap();
+    let mut bogus = b"\0\0\0\x18ftypmp42".to_vec();
+    bogus.extend(std::iter::repeat_n(0x5Au8, 4000));
+    let bad = upload(&base, product, bogus)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["job"]["id"]
+        .as_i64()
+        .unwrap();
+
+    // A worker without the video handler (no ffmpeg) leaves video jobs queued.
+    let run_worker = |registry: tenfold_jobs::Registry| {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut opts = WorkerOptions::new("video-worker", &["media"]);
+        opts.poll = Duration::from_millis(20);
+        let w = Worker::new(j.queue.clone(), registry, opts);
+        (
+            stop,
+            tokio::spawn(async move {
+                w.run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap()
+            }),
+        )
+    };
+    let (stop, task) =
+        run_worker(builtin::registry().register("image", ImageRenditions::new(j.blobs.clone())));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(job_state(&base, job).await["state"], "queued");
+    stop.send(()).unwrap();
+    task.await.unwrap();
+
+    let video = tenfold_jobs::video::VideoRenditions::detect(j.blobs.clone())
+        .await
+        .expect("ffmpeg and ffprobe run");
+    let (stop, task) = run_worker(builtin::registry().register("video", video));
+    let done = until_finished(&base, job).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let r = done["result"]["renditions"].as_array().unwrap();
+    assert_eq!(r.len(), 3, "{done}");
+    for rendition in r {
+        let url = format!("{base}{}", rendition["url"].as_str().unwrap());
+        let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+        let f = dir.path().join("check");
+        std::fs::write(&f, &bytes).unwrap();
+        let probe = std::process::Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name,height",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(&f)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&probe.stdout).into_owned();
+        if rendition["name"] == "poster" {
+            assert!(text.starts_with("mjpeg"), "{text}");
+        } else {
+            // Never upscaled: the 240-line source stays 240 lines in both renditions.
+            assert!(
+                text.lines().any(|l| l == "h264,240"),
+                "{}: {text}",
+                rendition["name"]
+            );
+        }
+    }
+    let failed = until_finished(&base, bad).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a playable video"),
+        "{failed}"
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    j.app.stop().await;
+}
