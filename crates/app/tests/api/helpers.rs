@@ -105,3 +105,36 @@ pub(crate) async fn problem(r: Response, status: StatusCode) -> Value {
     );
     body
 }
+
+/// A job as `GET /api/jobs/{id}` shows it.
+pub(crate) async fn job_state(base: &str, job: i64) -> Value {
+    client()
+        .get(format!("{base}/api/jobs/{job}"))
+        .bearer_auth(TEST_API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Polls a job (up to 30 s) until it is done, failed or dead; returns it.
+pub(crate) async fn until_finished(base: &str, job: i64) -> Value {
+    for _ in 0..600 {
+        let v = job_state(base, job).await;
+        if ["done", "failed", "dead"].contains(&v["state"].as_str().unwrap_or_default()) {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("job {job} did not finish within 30 s");
+}
+
+/// A product in a new category `lamps`; returns its id.
+pub(crate) async fn lamp(app: &TestApp) -> i64 {
+    create_category(app, "lamps").await;
+    create_product(app, "LAMP-1", "lamps").await["id"]
+        .as_i64()
+        .unwrap()
+}

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tenfold_jobs::{builtin, imports::ImportProducts, Worker, WorkerOptions};
 use tenfold_test_support::{engines, spawn_app_with_jobs, JobsApp, TestDb, TEST_API_KEY};
 
-use crate::helpers::create_category;
+use crate::helpers::{create_category, until_finished};
 
 fn csv(from: usize, to: usize) -> String {
     let mut s = String::from("sku,name,description,price_minor,currency,stock,category\n");
@@ -34,25 +34,6 @@ async fn post_import(base: &str, body: String) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-async fn until_finished(base: &str, job: i64) -> Value {
-    for _ in 0..600 {
-        let v: Value = reqwest::Client::new()
-            .get(format!("{base}/api/jobs/{job}"))
-            .bearer_auth(TEST_API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["done", "failed", "dead"].contains(&v["state"].as_str().unwrap()) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {job} did not finish");
 }
 
 fn start_worker(

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tenfold_jobs::{builtin, media::ImageRenditions, Worker, WorkerOptions};
 use tenfold_test_support::{engines, spawn_app_with_jobs, TestDb, TEST_API_KEY, TEST_MAX_UPLOAD};
 
-use crate::helpers::{create_category, create_product, problem};
+use crate::helpers::{job_state, lamp, problem, until_finished};
 
 fn png(w: u32, h: u32) -> Vec<u8> {
     let img = image::RgbImage::from_fn(w, h, |x, y| {
@@ -66,39 +66,13 @@ async fn upload(base: &str, product: i64, body: Vec<u8>) -> reqwest::Response {
         .unwrap()
 }
 
-async fn job_state(base: &str, job: i64) -> Value {
-    reqwest::Client::new()
-        .get(format!("{base}/api/jobs/{job}"))
-        .bearer_auth(TEST_API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn until_finished(base: &str, job: i64) -> Value {
-    for _ in 0..300 {
-        let v = job_state(base, job).await;
-        if ["done", "failed", "dead"].contains(&v["state"].as_str().unwrap()) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {job} did not finish");
-}
-
 #[tokio::test]
 async fn an_upload_is_accepted_at_once_and_a_worker_makes_renditions_that_decode() {
     for engine in engines() {
         let db = TestDb::new(engine).await;
         let j = spawn_app_with_jobs(&db).await;
         let base = j.app.base.clone();
-        create_category(&j.app, "lamps").await;
-        let product = create_product(&j.app, "LAMP-1", "lamps").await["id"]
-            .as_i64()
-            .unwrap();
+        let product = lamp(&j.app).await;
 
         // No worker runs yet: the answer cannot wait for processing.
         let original = png(1200, 900);
@@ -193,10 +167,7 @@ async fn bad_uploads_get_clear_4xx_answers_and_leave_no_blob() {
     let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
     let j = spawn_app_with_jobs(&db).await;
     let base = j.app.base.clone();
-    create_category(&j.app, "lamps").await;
-    let product = create_product(&j.app, "LAMP-1", "lamps").await["id"]
-        .as_i64()
-        .unwrap();
+    let product = lamp(&j.app).await;
     let r = upload(
         &base,
         product,
@@ -277,10 +248,7 @@ async fn a_video_gets_h264_renditions_and_a_poster_and_a_worker_without_ffmpeg_l
     let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
     let j = spawn_app_with_jobs(&db).await;
     let base = j.app.base.clone();
-    create_category(&j.app, "lamps").await;
-    let product = create_product(&j.app, "LAMP-1", "lamps").await["id"]
-        .as_i64()
-        .unwrap();
+    let product = lamp(&j.app).await;
     let dir = tempfile::tempdir().unwrap();
     let r = upload(&base, product, test_video(dir.path())).await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
