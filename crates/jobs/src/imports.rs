@@ -82,11 +82,19 @@ impl Handler for ImportProducts {
         while next < total {
             let end = (next + BATCH).min(total);
             let mut batch = Vec::with_capacity(end - next);
-            for (line, input) in &rows[next..end] {
+            for (line, input, not_numbers) in &rows[next..end] {
                 let parsed = NewProduct::parse(input).map_err(|e| {
-                    e.0.into_iter()
-                        .map(|f| json!({"field": f.field, "message": f.message}))
-                        .collect::<Vec<_>>()
+                    // A number that did not parse is reported as such, not as the value standing in for it.
+                    let mut fields: Vec<serde_json::Value> = not_numbers
+                        .iter()
+                        .map(|(f, raw)| json!({"field": f, "message": format!("must be a whole number (got {raw:?})")}))
+                        .collect();
+                    fields.extend(
+                        e.0.into_iter()
+                            .filter(|f| !not_numbers.iter().any(|(n, _)| f.field.starts_with(n)))
+                            .map(|f| json!({"field": f.field, "message": f.message})),
+                    );
+                    fields
                 });
                 let parsed = parsed.and_then(|p| {
                     if categories.contains(p.category.as_str()) {
@@ -139,7 +147,10 @@ impl Handler for ImportProducts {
 }
 
 /// Every data row with its line number, or why the file is not a CSV we can read.
-fn read_rows(bytes: &[u8]) -> Result<Vec<(u64, NewProductInput)>, JobError> {
+/// A row: its line, its input, and the numeric fields that were not numbers (field, text).
+type Row = (u64, NewProductInput, Vec<(&'static str, String)>);
+
+fn read_rows(bytes: &[u8]) -> Result<Vec<Row>, JobError> {
     let mut r = csv::ReaderBuilder::new().flexible(false).from_reader(bytes);
     let header = r
         .headers()
@@ -163,8 +174,18 @@ fn read_rows(bytes: &[u8]) -> Result<Vec<(u64, NewProductInput)>, JobError> {
             rec.map_err(|e| JobError::Permanent(format!("the file is not valid CSV: {e}")))?;
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
         let get = |i: usize| rec.get(at[i]).unwrap_or("").to_owned();
-        // Numbers that do not parse become values the domain parser rejects with a clear message.
-        let num = |i: usize| get(i).trim().parse::<i64>().unwrap_or(-1);
+        let mut not_numbers = Vec::new();
+        // A number that does not parse stands in as -1 (which the parser also refuses) and is reported
+        // as not a number.
+        let mut num = |i: usize, field: &'static str| {
+            let raw = get(i);
+            raw.trim().parse::<i64>().unwrap_or_else(|_| {
+                not_numbers.push((field, raw));
+                -1
+            })
+        };
+        let amount_minor = num(3, "price.amount_minor");
+        let stock = num(5, "stock");
         out.push((
             line,
             NewProductInput {
@@ -172,12 +193,13 @@ fn read_rows(bytes: &[u8]) -> Result<Vec<(u64, NewProductInput)>, JobError> {
                 name: get(1),
                 description: get(2),
                 price: Money {
-                    amount_minor: num(3),
+                    amount_minor,
                     currency: get(4),
                 },
-                stock: num(5),
+                stock,
                 category: get(6),
             },
+            not_numbers,
         ));
     }
     Ok(out)

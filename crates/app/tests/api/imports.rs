@@ -90,6 +90,13 @@ async fn an_import_reports_bad_rows_and_imports_the_others_once() {
             .map(|e| e["line"].as_u64().unwrap())
             .collect();
         assert_eq!(lines, vec![1202, 1203, 1204], "{res}");
+        let bad_price = &res["errors"][0]["errors"];
+        assert_eq!(bad_price.as_array().unwrap().len(), 1, "{res}");
+        assert_eq!(bad_price[0]["field"], "price.amount_minor");
+        assert_eq!(
+            bad_price[0]["message"],
+            "must be a whole number (got \"abc\")"
+        );
         assert!(res["errors"][1]["errors"][0]["message"]
             .as_str()
             .unwrap()
