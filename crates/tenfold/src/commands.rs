@@ -274,25 +274,11 @@ pub(crate) async fn run(
                 tenfold_app::App::with_cache(store.clone(), config.http.clone(), &config.cache);
             let shards = open_order_shards(&config, &store).await?;
             app.set_order_shards(std::sync::Arc::new(shards));
-            let queue = tenfold_store::queue::JobQueue::connect(
-                config.database.url.expose_secret(),
-                Duration::from_millis(config.database.acquire_timeout_ms),
-            )
-            .await
-            .context("cannot open the job queue")?;
-            app.set_job_queue(std::sync::Arc::new(queue));
-            let blobs = tenfold_blobs::DirBlobs::open(&config.media.dir)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open the media directory {}",
-                        config.media.dir.display()
-                    )
-                })?;
-            app.set_media(
-                std::sync::Arc::new(blobs),
-                config.media.max_upload_mib * 1024 * 1024,
-            );
+            app.set_job_queue(std::sync::Arc::new(
+                crate::jobs::connect_queue(&config).await?,
+            ));
+            let blobs = crate::jobs::open_blobs(&config).await?;
+            app.set_media(blobs, config.media.max_upload_mib * 1024 * 1024);
             let stop = async move {
                 if exit_on_stdin_eof {
                     tokio::select! {

@@ -13,10 +13,16 @@ use tenfold_store::queue::{JobQueue, NewJob};
 use crate::cli::JobsAction;
 use crate::UsageError;
 
+/// The queue of a command that does not otherwise use the catalog: its tables come with the catalog's
+/// migrations, so the catalog is opened (and migrated, if configured) first.
 async fn open_queue(config: &Config) -> anyhow::Result<JobQueue> {
-    // The queue's tables come with the catalog's migrations.
     let store = crate::commands::open_store(config, config.database.auto_migrate).await?;
     store.close().await;
+    connect_queue(config).await
+}
+
+/// The job queue on the configured database (already migrated).
+pub(crate) async fn connect_queue(config: &Config) -> anyhow::Result<JobQueue> {
     let url = config.database.url.expose_secret();
     JobQueue::connect(
         url,
@@ -29,6 +35,19 @@ async fn open_queue(config: &Config) -> anyhow::Result<JobQueue> {
             tenfold_config::mask_password(url)
         )
     })
+}
+
+/// The blob directory uploads and renditions go to.
+pub(crate) async fn open_blobs(config: &Config) -> anyhow::Result<Arc<tenfold_blobs::DirBlobs>> {
+    let blobs = tenfold_blobs::DirBlobs::open(&config.media.dir)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the media directory {}",
+                config.media.dir.display()
+            )
+        })?;
+    Ok(Arc::new(blobs))
 }
 
 /// A queue or kind name: 1-64 of a-z, 0-9, '.', '_', '-'.
@@ -59,7 +78,9 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
     for q in &a.queues {
         name("queue", q)?;
     }
-    let queue = Arc::new(open_queue(&config).await?);
+    // The catalog for imports (opened once, migrating if configured), then the queue in the same database.
+    let store = crate::commands::open_store(&config, config.database.auto_migrate).await?;
+    let queue = Arc::new(connect_queue(&config).await?);
     let sqlite = config.database.url.expose_secret().starts_with("sqlite:");
     let mut opts = tenfold_jobs::WorkerOptions::new(
         &format!("worker-{}", std::process::id()),
@@ -75,16 +96,7 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
     } else {
         Duration::from_secs(1)
     };
-    let blobs = tenfold_blobs::DirBlobs::open(&config.media.dir)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the media directory {}",
-                config.media.dir.display()
-            )
-        })?;
-    let blobs = Arc::new(blobs);
-    let store = crate::commands::open_store(&config, false).await?;
+    let blobs = open_blobs(&config).await?;
     // Video jobs need ffmpeg: a worker without it leaves them to workers that have it.
     let video = tenfold_jobs::video::VideoRenditions::detect(blobs.clone()).await;
     if video.is_none() {
