@@ -64,6 +64,29 @@ fn blob_error(e: BlobError) -> ApiError {
     }
 }
 
+/// A declared length over the limit is refused before a byte is read.
+fn refuse_declared_over(headers: &axum::http::HeaderMap, limit: u64) -> ApiResult<()> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge(limit as usize));
+    }
+    Ok(())
+}
+
+/// Streams a request body into a blob writer (which enforces the limit and, for media, the type).
+async fn stream_into(body: Body, w: &mut tenfold_blobs::BlobWriter) -> ApiResult<()> {
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("the upload broke off: {e}")))?;
+        w.write(&chunk).await.map_err(blob_error)?;
+    }
+    Ok(())
+}
+
 /// Upload an image (JPEG, PNG, WebP, GIF) or a video (MP4, WebM) for a product; processing runs in the
 /// background.
 #[utoipa::path(
@@ -97,21 +120,9 @@ pub(crate) async fn upload_media(
             id.get()
         )));
     }
-    // A declared length over the limit is refused before a byte is read.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > m.max_upload) {
-        return Err(ApiError::PayloadTooLarge(m.max_upload as usize));
-    }
+    refuse_declared_over(&headers, m.max_upload)?;
     let mut w = m.blobs.writer(m.max_upload).await.map_err(blob_error)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("the upload broke off: {e}")))?;
-        w.write(&chunk).await.map_err(blob_error)?;
-    }
+    stream_into(body, &mut w).await?;
     let stored = w.commit().await.map_err(blob_error)?;
     let kind = if stored.media_type.is_image() {
         "image"
@@ -177,24 +188,13 @@ pub(crate) async fn import_products(
 ) -> ApiResult<Response> {
     let m = media(&app)?;
     let queue = crate::routes::jobs::queue(&app)?;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > m.max_upload) {
-        return Err(ApiError::PayloadTooLarge(m.max_upload as usize));
-    }
+    refuse_declared_over(&headers, m.max_upload)?;
     let mut w = m
         .blobs
         .import_writer(m.max_upload, "csv")
         .await
         .map_err(blob_error)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("the upload broke off: {e}")))?;
-        w.write(&chunk).await.map_err(blob_error)?;
-    }
+    stream_into(body, &mut w).await?;
     let stored = w.commit_import().await.map_err(blob_error)?;
     let mut job = NewJob::new(
         "import",
