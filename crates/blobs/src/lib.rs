@@ -181,19 +181,30 @@ impl DirBlobs {
     /// whole blob or none. Writing the same key again replaces it with the same bytes (keys are
     /// content-derived), so a job that runs twice has the effect of once.
     pub async fn put_atomic(&self, key: &str, bytes: &[u8]) -> Result<(), BlobError> {
-        let dest = self.root.join(key);
-        if let Some(dir) = dest.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let tmp = self
-            .root
-            .join("tmp")
-            .join(format!("put-{:032x}", rand::random::<u128>()));
+        let tmp = self.temp_path("put");
         let mut f = tokio::fs::File::create(&tmp).await?;
         f.write_all(bytes).await?;
         f.sync_all().await?;
         drop(f);
-        tokio::fs::rename(&tmp, &dest).await?;
+        self.adopt(&tmp, key).await
+    }
+
+    /// A fresh path under `tmp/` for a file that another program writes (ffmpeg); give it to
+    /// [`DirBlobs::adopt`] when it is complete.
+    pub fn temp_path(&self, name_ext: &str) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{:032x}-{name_ext}", rand::random::<u128>()))
+    }
+
+    /// Moves a complete file from [`DirBlobs::temp_path`] to `key` (a rename: readers see all of it or
+    /// none; the same key again replaces it).
+    pub async fn adopt(&self, tmp: &Path, key: &str) -> Result<(), BlobError> {
+        let dest = self.root.join(key);
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::rename(tmp, &dest).await?;
         Ok(())
     }
 }

@@ -2,7 +2,6 @@
 //! made with ffmpeg (the Debian package). A worker registers this handler only where ffmpeg and ffprobe
 //! run, so a worker without them leaves video jobs to workers that have them instead of failing them.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -58,22 +57,31 @@ async fn run(tool: &str, args: &[&str]) -> Result<Vec<u8>, String> {
     }
 }
 
-fn tmp(blobs: &DirBlobs, ext: &str) -> PathBuf {
-    blobs
-        .root()
-        .join("tmp")
-        .join(format!("video-{:032x}.{ext}", rand_u128()))
-}
-
-fn rand_u128() -> u128 {
-    // Unique temporary names: the time, the process and a counter.
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    t ^ (u128::from(std::process::id()) << 96) ^ (u128::from(n) << 64)
+impl VideoRenditions {
+    /// Runs ffmpeg with `args` and a temporary output file (its type from `ext`), then puts that file
+    /// under `key`; on failure the temporary file is removed and the job fails permanently (`what`
+    /// says which step).
+    async fn ffmpeg_to(
+        &self,
+        args: &[&str],
+        ext: &str,
+        key: &str,
+        what: &str,
+    ) -> Result<(), JobError> {
+        let t = self.blobs.temp_path(&format!("video.{ext}"));
+        let t_s = t.to_string_lossy().into_owned();
+        let mut all = vec!["-nostdin", "-y", "-v", "error"];
+        all.extend_from_slice(args);
+        all.push(&t_s);
+        if let Err(e) = run("ffmpeg", &all).await {
+            let _ = tokio::fs::remove_file(&t).await;
+            return Err(JobError::Permanent(format!("cannot {what}: {e}")));
+        }
+        self.blobs
+            .adopt(&t, key)
+            .await
+            .map_err(|e| JobError::Retry(format!("cannot write {key}: {e}")))
+    }
 }
 
 #[async_trait::async_trait]
@@ -121,87 +129,38 @@ impl Handler for VideoRenditions {
         for (i, (name, target)) in RENDITIONS.into_iter().enumerate() {
             let h = target.min(height - height % 2).max(2);
             let dest = format!("renditions/{stem}-{name}.mp4");
-            let t = tmp(&self.blobs, "mp4");
-            let t_s = t.to_string_lossy().into_owned();
             let scale = format!("scale=-2:{h}");
-            run(
-                "ffmpeg",
-                &[
-                    "-nostdin",
-                    "-y",
-                    "-v",
-                    "error",
-                    "-i",
-                    &input_s,
-                    "-vf",
-                    &scale,
-                    "-c:v",
-                    "libx264",
-                    "-preset",
-                    "veryfast",
-                    "-crf",
-                    "26",
-                    "-pix_fmt",
-                    "yuv420p",
-                    "-c:a",
-                    "aac",
-                    "-b:a",
-                    "96k",
-                    "-movflags",
-                    "+faststart",
-                    &t_s,
-                ],
-            )
-            .await
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&t);
-                JobError::Permanent(format!("cannot transcode to {name}: {e}"))
-            })?;
-            place(&t, &self.blobs.path(&dest)).await?;
+            let args = [
+                "-i",
+                &input_s,
+                "-vf",
+                &scale,
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                "26",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "96k",
+                "-movflags",
+                "+faststart",
+            ];
+            self.ffmpeg_to(&args, "mp4", &dest, &format!("transcode to {name}"))
+                .await?;
             out.push(json!({"name": name, "format": "mp4", "height": h, "url": format!("/media/{dest}")}));
             ctx.progress(((i + 1) * 100 / steps) as u8);
         }
         let at = format!("{:.2}", (duration / 2.0).min(1.0));
         let dest = format!("renditions/{stem}-poster.jpg");
-        let t = tmp(&self.blobs, "jpg");
-        let t_s = t.to_string_lossy().into_owned();
-        run(
-            "ffmpeg",
-            &[
-                "-nostdin",
-                "-y",
-                "-v",
-                "error",
-                "-ss",
-                &at,
-                "-i",
-                &input_s,
-                "-frames:v",
-                "1",
-                "-q:v",
-                "3",
-                &t_s,
-            ],
-        )
-        .await
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&t);
-            JobError::Permanent(format!("cannot take a poster frame: {e}"))
-        })?;
-        place(&t, &self.blobs.path(&dest)).await?;
+        let args = ["-ss", &at, "-i", &input_s, "-frames:v", "1", "-q:v", "3"];
+        self.ffmpeg_to(&args, "jpg", &dest, "take a poster frame")
+            .await?;
         out.push(json!({"name": "poster", "format": "jpg", "url": format!("/media/{dest}")}));
         Ok(json!({ "renditions": out, "duration_s": duration, "source_height": height }))
     }
-}
-
-/// Moves a finished file into place (a rename: readers see all of it or none).
-async fn place(tmp: &Path, dest: &Path) -> Result<(), JobError> {
-    if let Some(dir) = dest.parent() {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| JobError::Retry(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    tokio::fs::rename(tmp, dest)
-        .await
-        .map_err(|e| JobError::Retry(format!("cannot write {}: {e}", dest.display())))
 }
