@@ -856,10 +856,26 @@ impl JobQueue {
         Ok(n)
     }
 
-    /// Depth, running, dead and the oldest due job's age, per queue.
+    /// Depth, running, done, dead and failed jobs and the oldest due job's age, per queue. Counting the
+    /// done jobs reads every job kept (up to the retention): for people and tests, not for polling.
     pub async fn stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        self.stats_of(true).await
+    }
+
+    /// [`JobQueue::stats`] without the done count (always 0): reads only the unfinished, dead and
+    /// failed jobs, so it stays cheap however many done jobs are kept (for gauges and autoscalers).
+    pub async fn active_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        self.stats_of(false).await
+    }
+
+    async fn stats_of(&self, with_done: bool) -> Result<Vec<QueueStats>, StoreError> {
         let now = now_ms();
-        let sql = "SELECT queue, \
+        let filter = if with_done {
+            ""
+        } else {
+            "WHERE state IN ('queued', 'running', 'dead', 'failed')"
+        };
+        let sql = format!("SELECT queue, \
              CAST(sum(CASE WHEN state = 'queued' AND run_at <= ? THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(sum(CASE WHEN state = 'queued' AND run_at > ? THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(sum(CASE WHEN state = 'running' THEN 1 ELSE 0 END) AS BIGINT), \
@@ -867,11 +883,11 @@ impl JobQueue {
              CAST(sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(sum(CASE WHEN state = 'done' THEN 1 ELSE 0 END) AS BIGINT), \
              CAST(COALESCE(min(CASE WHEN state = 'queued' AND run_at <= ? THEN run_at END), ?) AS BIGINT) \
-             FROM jobs GROUP BY queue ORDER BY queue";
+             FROM jobs {filter} GROUP BY queue ORDER BY queue");
         #[allow(clippy::type_complexity)]
         let rows: Vec<(String, i64, i64, i64, i64, i64, i64, i64)> =
             on_queue!(&self.pool, |p, ph| {
-                sqlx::query_as(&ph(sql))
+                sqlx::query_as(&ph(&sql))
                     .bind(now)
                     .bind(now)
                     .bind(now)

@@ -140,6 +140,9 @@ async fn a_lost_lease_cannot_complete_and_the_next_claim_does() {
         assert_eq!(done.state, JobState::Done);
         assert_eq!(done.result, Some(json!("fast")));
         assert!(done.last_error.unwrap().contains("stopped heartbeating"));
+        // Done jobs are counted on request, not by the cheap stats that gauges and autoscalers poll.
+        assert_eq!(q.stats().await.unwrap()[0].done, 1);
+        assert_eq!(q.active_stats().await.unwrap().len(), 0);
         // Finished jobs are pruned after their retention, not before.
         assert_eq!(q.prune(Duration::from_secs(3600)).await.unwrap(), 0);
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -123,7 +123,7 @@ impl WorkerPool {
             if self.inner.shutting_down.load(Ordering::Relaxed) {
                 return;
             }
-            let stats = match queue.stats().await {
+            let stats = match queue.active_stats().await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(error = %e, "could not read the queue's stats");

@@ -212,7 +212,7 @@ pub(crate) async fn publish_gauges(q: std::sync::Arc<JobQueue>) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tick.tick().await;
-        match q.stats().await {
+        match q.active_stats().await {
             Ok(stats) => {
                 for s in stats {
                     let g = |name: &'static str, v: f64| {
