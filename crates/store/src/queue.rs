@@ -21,12 +21,15 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Pool, Postgres, Sqlite};
 
 use crate::StoreError;
+
+pub use nats::NatsOptions;
 
 /// The channel PostgreSQL wake-ups are sent on.
 const CHANNEL: &str = "tenfold_jobs";
@@ -175,6 +178,8 @@ pub struct Lease {
     pub job: Job,
     /// The claim's number: later calls with an older token change nothing.
     pub token: i64,
+    /// NATS backend: the message the job came in, acked as the job ends.
+    delivery: Option<nats::Delivery>,
 }
 
 /// What a heartbeat found.
@@ -248,6 +253,7 @@ impl Backoff {
     }
 }
 
+#[derive(Clone)]
 enum QueuePool {
     Sqlite(Pool<Sqlite>),
     Postgres(Pool<Postgres>),
@@ -268,6 +274,8 @@ pub struct JobQueue {
     /// When this process last reaped expired leases (ms): claims reap at most once a second.
     last_reap: AtomicI64,
     wake_pending: Arc<std::sync::atomic::AtomicBool>,
+    /// The NATS JetStream backend, when configured (see [`nats`]).
+    nats: Option<nats::Dispatch>,
 }
 
 fn now_ms() -> i64 {
@@ -351,6 +359,23 @@ macro_rules! bind_job {
     };
 }
 
+/// The outbox row of a job just written (a `JobRow`), in the same transaction (NATS backend).
+const INSERT_OUTBOX: &str =
+    "INSERT INTO job_outbox (job_id, queue, kind, priority, due_ms) VALUES (?, ?, ?, ?, ?)";
+
+macro_rules! write_outbox {
+    ($tx:expr, $ph:expr, $row:expr) => {
+        sqlx::query(&$ph(INSERT_OUTBOX))
+            .bind($row.id)
+            .bind(&$row.queue)
+            .bind(&$row.kind)
+            .bind($row.priority)
+            .bind($row.run_at)
+            .execute(&mut *$tx)
+            .await?
+    };
+}
+
 /// Runs the same statement on either engine, `?` placeholders rewritten for PostgreSQL.
 macro_rules! on_queue {
     ($pool:expr, |$p:ident, $ph:ident| $body:expr) => {
@@ -365,6 +390,20 @@ macro_rules! on_queue {
             }
         }
     };
+}
+
+mod nats;
+
+/// RETURNING gives no order: restores claim order within each queue (queues stay in their order).
+fn sort_claimed(out: &mut [Lease], queues: &[String]) {
+    out.sort_by(|a, b| {
+        let qa = queues.iter().position(|q| *q == a.job.queue);
+        let qb = queues.iter().position(|q| *q == b.job.queue);
+        qa.cmp(&qb)
+            .then(b.job.priority.cmp(&a.job.priority))
+            .then(a.job.run_at_ms.cmp(&b.job.run_at_ms))
+            .then(a.job.id.cmp(&b.job.id))
+    });
 }
 
 impl JobQueue {
@@ -422,7 +461,26 @@ impl JobQueue {
             last_wake: AtomicI64::new(0),
             last_reap: AtomicI64::new(0),
             wake_pending: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            nats: None,
         })
+    }
+
+    /// Moves job dispatch to NATS JetStream (see [`nats`]): enqueues also write the transactional
+    /// outbox, which this process's relay publishes; claims fetch from JetStream. Every process that
+    /// enqueues or works on the queue should be configured alike (a job enqueued without it reaches
+    /// JetStream through the sweeper, after `sweep_after`).
+    pub async fn with_nats(mut self, opts: NatsOptions) -> Result<JobQueue, StoreError> {
+        self.nats = Some(nats::Dispatch::start(self.pool.clone(), opts).await?);
+        Ok(self)
+    }
+
+    /// NATS backend: publishes what is due in the outbox now (a short-lived process that enqueued
+    /// calls this before it exits; long-lived ones have their relay). Returns how many; 0 without NATS.
+    pub async fn flush_outbox(&self) -> Result<u64, StoreError> {
+        match &self.nats {
+            Some(d) => d.flush(&self.pool).await,
+            None => Ok(0),
+        }
     }
 
     /// The retry backoff (default: 1 s doubling to 10 min).
@@ -438,9 +496,21 @@ impl JobQueue {
         let args = serde_json::to_string(&new.args).map_err(|e| StoreError::Other(Box::new(e)))?;
         let sql = format!("{INSERT_JOB} ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLS}");
         let row: Option<JobRow> = on_queue!(&self.pool, |p, ph| {
-            bind_job!(sqlx::query_as(&ph(&sql)), new, args, now)
-                .fetch_optional(p)
-                .await?
+            if self.nats.is_some() {
+                let mut tx = p.begin().await?;
+                let row: Option<JobRow> = bind_job!(sqlx::query_as(&ph(&sql)), new, args, now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(r) = &row {
+                    write_outbox!(tx, ph, r);
+                }
+                tx.commit().await?;
+                row
+            } else {
+                bind_job!(sqlx::query_as(&ph(&sql)), new, args, now)
+                    .fetch_optional(p)
+                    .await?
+            }
         });
         match row {
             Some(r) => {
@@ -488,6 +558,9 @@ impl JobQueue {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
+            if self.nats.is_some() {
+                write_outbox!(tx, ph, row);
+            }
             tx.commit().await?;
             (id, row)
         });
@@ -554,6 +627,11 @@ impl JobQueue {
         // The fencing token: the claim's time and 12 random bits, not a counter, so that a claim lost in
         // a database crash (claims commit without waiting for the WAL flush) is never handed out again.
         let token = (now << 12) | i64::from(rand::random::<u16>() & 0xFFF);
+        if let Some(d) = &self.nats {
+            return self
+                .claim_from_nats(d, queues, kinds, worker, n, lease, token)
+                .await;
+        }
         // Queues are served in the order given (the first has strict priority), each claim scanning
         // that queue's partial index in claim order, so a claim reads about as many rows as it takes.
         let mut rows: Vec<JobRow> = Vec::new();
@@ -609,18 +687,154 @@ impl JobQueue {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let (job, token) = job_of(r)?;
-            out.push(Lease { job, token });
+            out.push(Lease {
+                job,
+                token,
+                delivery: None,
+            });
         }
-        // RETURNING gives no order: restore claim order within each queue (queues stay in their order).
-        out.sort_by(|a, b| {
-            let qa = queues.iter().position(|q| *q == a.job.queue);
-            let qb = queues.iter().position(|q| *q == b.job.queue);
-            qa.cmp(&qb)
-                .then(b.job.priority.cmp(&a.job.priority))
-                .then(a.job.run_at_ms.cmp(&b.job.run_at_ms))
-                .then(a.job.id.cmp(&b.job.id))
-        });
+        sort_claimed(&mut out, queues);
         Ok(out)
+    }
+
+    /// The NATS backend's claim: messages from JetStream, then the database claim of the jobs they
+    /// name (see [`nats`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_from_nats(
+        &self,
+        d: &nats::Dispatch,
+        queues: &[String],
+        kinds: &[String],
+        worker: &str,
+        n: u32,
+        lease: Duration,
+        token: i64,
+    ) -> Result<Vec<Lease>, StoreError> {
+        let mut pending = d.fetch(queues, kinds, n as usize, lease).await?;
+        let mut out = Vec::with_capacity(pending.len());
+        // Twice at most: a message whose job runs under an expired lease (its worker died) has the
+        // lease reaped, then is claimed again.
+        for round in 0..2 {
+            if pending.is_empty() {
+                break;
+            }
+            let ids: Vec<i64> = pending.iter().map(|(id, _)| *id).collect();
+            let mut claimed: std::collections::HashMap<i64, Job> = self
+                .claim_ids(&ids, worker, lease, token)
+                .await?
+                .into_iter()
+                .map(|j| (j.id, j))
+                .collect();
+            let mut unclaimed = Vec::new();
+            for (id, m) in pending.drain(..) {
+                match claimed.remove(&id) {
+                    Some(job) => out.push(Lease {
+                        job,
+                        token,
+                        delivery: Some(m),
+                    }),
+                    None => unclaimed.push((id, m)),
+                }
+            }
+            if unclaimed.is_empty() {
+                break;
+            }
+            let states = self
+                .states(&unclaimed.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+                .await?;
+            let now = now_ms();
+            for (id, m) in unclaimed {
+                match nats::settle_unclaimed(states.get(&id).copied(), now) {
+                    Some(kind) => nats::ack(&Some(m), kind).await,
+                    None if round == 0 => pending.push((id, m)),
+                    None => {
+                        nats::ack(
+                            &Some(m),
+                            async_nats::jetstream::AckKind::Nak(Some(Duration::from_secs(1))),
+                        )
+                        .await
+                    }
+                }
+            }
+            if !pending.is_empty() {
+                self.reap_expired().await?;
+            }
+        }
+        sort_claimed(&mut out, queues);
+        Ok(out)
+    }
+
+    /// Claims the named jobs that are queued and due (one new lease `token` for all).
+    async fn claim_ids(
+        &self,
+        ids: &[i64],
+        worker: &str,
+        lease: Duration,
+        token: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        let now = now_ms();
+        let rows: Vec<JobRow> = match self.relaxed.as_ref().unwrap_or(&self.pool) {
+            QueuePool::Sqlite(p) => {
+                let ids = serde_json::to_string(ids).map_err(|e| StoreError::Other(Box::new(e)))?;
+                sqlx::query_as(&format!(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = ?5, \
+                     lease_until = ?1, worker = ?2, updated_ms = ?3 \
+                     WHERE id IN (SELECT value FROM json_each(?4)) AND state = 'queued' AND run_at <= ?3 \
+                     RETURNING {COLS}"
+                ))
+                .bind(now + lease.as_millis() as i64)
+                .bind(worker)
+                .bind(now)
+                .bind(ids)
+                .bind(token)
+                .fetch_all(p)
+                .await?
+            }
+            QueuePool::Postgres(p) => {
+                sqlx::query_as(&format!(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = $5, \
+                     lease_until = $1, worker = $2, updated_ms = $3 \
+                     WHERE id = ANY($4) AND state = 'queued' AND run_at <= $3 \
+                     RETURNING {COLS}"
+                ))
+                .bind(now + lease.as_millis() as i64)
+                .bind(worker)
+                .bind(now)
+                .bind(ids)
+                .bind(token)
+                .fetch_all(p)
+                .await?
+            }
+        };
+        rows.into_iter().map(|r| job_of(r).map(|j| j.0)).collect()
+    }
+
+    /// The state, run-at and lease end of the named jobs (those that exist).
+    async fn states(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, (JobState, i64, Option<i64>)>, StoreError> {
+        let rows: Vec<(i64, String, i64, Option<i64>)> = match &self.pool {
+            QueuePool::Sqlite(p) => {
+                let ids = serde_json::to_string(ids).map_err(|e| StoreError::Other(Box::new(e)))?;
+                sqlx::query_as(
+                    "SELECT id, state, run_at, lease_until FROM jobs \
+                     WHERE id IN (SELECT value FROM json_each(?1))",
+                )
+                .bind(ids)
+                .fetch_all(p)
+                .await?
+            }
+            QueuePool::Postgres(p) => {
+                sqlx::query_as("SELECT id, state, run_at, lease_until FROM jobs WHERE id = ANY($1)")
+                    .bind(ids)
+                    .fetch_all(p)
+                    .await?
+            }
+        };
+        rows.into_iter()
+            .map(|(id, s, run_at, until)| Ok((id, (JobState::parse(&s)?, run_at, until))))
+            .collect()
     }
 
     /// Renews a lease and records progress (0-100) if given.
@@ -646,10 +860,14 @@ impl JobQueue {
                 .rows_affected()
         });
         if n == 1 {
+            nats::ack(&lease.delivery, AckKind::Progress).await;
             return Ok(Beat::Renewed);
         }
         Ok(match self.get(lease.job.id).await? {
-            Some(j) if j.state == JobState::Cancelled => Beat::Cancelled,
+            Some(j) if j.state == JobState::Cancelled => {
+                nats::ack(&lease.delivery, AckKind::Ack).await;
+                Beat::Cancelled
+            }
             _ => Beat::Lost,
         })
     }
@@ -664,7 +882,7 @@ impl JobQueue {
         let result = serde_json::to_string(result).map_err(|e| StoreError::Other(Box::new(e)))?;
         let sql = "UPDATE jobs SET state = 'done', result = ?, progress = 100, finished_ms = ?, \
                    lease_until = NULL, updated_ms = ? WHERE id = ? AND lease = ? AND state = 'running'";
-        Ok(on_queue!(&self.pool, |p, ph| {
+        let done = on_queue!(&self.pool, |p, ph| {
             sqlx::query(&ph(sql))
                 .bind(result)
                 .bind(now)
@@ -675,7 +893,11 @@ impl JobQueue {
                 .await?
                 .rows_affected()
                 == 1
-        }))
+        });
+        if done {
+            nats::ack(&lease.delivery, AckKind::Ack).await;
+        }
+        Ok(done)
     }
 
     /// Saves where a running job got to, durably; a later attempt sees it in `Job::checkpoint`. False if
@@ -747,6 +969,13 @@ impl JobQueue {
                 .await?
             }
         };
+        if self.nats.is_some() {
+            for (lease, _) in done {
+                if ids.contains(&lease.job.id) {
+                    nats::ack(&lease.delivery, AckKind::Ack).await;
+                }
+            }
+        }
         Ok(ids)
     }
 
@@ -782,7 +1011,7 @@ impl JobQueue {
         let sql = "UPDATE jobs SET state = ?, last_error = ?, run_at = ?, finished_ms = ?, \
                    lease_until = NULL, worker = NULL, updated_ms = ? \
                    WHERE id = ? AND lease = ? AND state = 'running'";
-        Ok(on_queue!(&self.pool, |p, ph| {
+        let recorded = on_queue!(&self.pool, |p, ph| {
             sqlx::query(&ph(sql))
                 .bind(state.as_str())
                 .bind(&error)
@@ -795,7 +1024,18 @@ impl JobQueue {
                 .await?
                 .rows_affected()
                 == 1
-        }))
+        });
+        if recorded {
+            // A retry comes back when its backoff ends; a dead or failed job's message is done with.
+            let kind = match state {
+                JobState::Queued => {
+                    AckKind::Nak(Some(Duration::from_millis((run_at - now).max(0) as u64)))
+                }
+                _ => AckKind::Ack,
+            };
+            nats::ack(&lease.delivery, kind).await;
+        }
+        Ok(recorded)
     }
 
     /// Gives a claimed job back unrun (a worker shutting down): the attempt does not count.
@@ -814,6 +1054,7 @@ impl JobQueue {
                 .rows_affected()
         });
         if n == 1 {
+            nats::ack(&lease.delivery, AckKind::Nak(None)).await;
             self.wake(&lease.job.queue).await;
         }
         Ok(n == 1)
@@ -840,15 +1081,29 @@ impl JobQueue {
         let now = now_ms();
         let sql = "UPDATE jobs SET state = 'queued', attempts = 0, run_at = ?, finished_ms = NULL, updated_ms = ? \
                    WHERE state = 'dead' AND (? IS NULL OR queue = ?)";
+        // NATS backend: each job's outbox row, in the same transaction.
+        let outbox = "INSERT INTO job_outbox (job_id, queue, kind, priority, due_ms) \
+                      SELECT id, queue, kind, priority, ? FROM jobs WHERE state = 'dead' AND (? IS NULL OR queue = ?)";
         let n = on_queue!(&self.pool, |p, ph| {
-            sqlx::query(&ph(sql))
+            let mut tx = p.begin().await?;
+            if self.nats.is_some() {
+                sqlx::query(&ph(outbox))
+                    .bind(now)
+                    .bind(queue)
+                    .bind(queue)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let n = sqlx::query(&ph(sql))
                 .bind(now)
                 .bind(now)
                 .bind(queue)
                 .bind(queue)
-                .execute(p)
+                .execute(&mut *tx)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            tx.commit().await?;
+            n
         });
         if n > 0 {
             self.wake(queue.unwrap_or("")).await;
@@ -938,6 +1193,11 @@ impl JobQueue {
     /// (a burst of enqueues sends one at its start and one at its end), not one per job; SQLite workers
     /// poll instead.
     async fn wake(&self, _queue: &str) {
+        // NATS backend: this process's relay publishes, then wakes workers itself.
+        if let Some(d) = &self.nats {
+            d.outbox_written();
+            return;
+        }
         let QueuePool::Postgres(p) = &self.pool else {
             return;
         };
@@ -972,6 +1232,13 @@ impl JobQueue {
     /// A stream of wake-ups: PostgreSQL notifications on the jobs channel; on SQLite, a tick every
     /// `poll`. Workers also poll at `poll` on PostgreSQL, so a lost notification costs at most that.
     pub async fn waker(&self, poll: Duration) -> Result<Waker, StoreError> {
+        if let Some(d) = &self.nats {
+            return Ok(Waker {
+                listener: None,
+                nats: Some(d.wake_subscription().await?),
+                poll,
+            });
+        }
         let listener = match &self.pool {
             QueuePool::Postgres(_) => {
                 let mut l = PgListener::connect(&self.url).await?;
@@ -980,24 +1247,33 @@ impl JobQueue {
             }
             QueuePool::Sqlite(_) => None,
         };
-        Ok(Waker { listener, poll })
+        Ok(Waker {
+            listener,
+            nats: None,
+            poll,
+        })
     }
 }
 
 /// Waits for a sign of work (see [`JobQueue::waker`]).
 pub struct Waker {
     listener: Option<PgListener>,
+    nats: Option<async_nats::Subscriber>,
     poll: Duration,
 }
 
 impl Waker {
     /// Returns at the next notification or after the poll interval, whichever comes first.
     pub async fn wait(&mut self) {
-        match &mut self.listener {
-            Some(l) => {
+        use futures::StreamExt;
+        match (&mut self.listener, &mut self.nats) {
+            (Some(l), _) => {
                 let _ = tokio::time::timeout(self.poll, l.try_recv()).await;
             }
-            None => tokio::time::sleep(self.poll).await,
+            (None, Some(s)) => {
+                let _ = tokio::time::timeout(self.poll, s.next()).await;
+            }
+            (None, None) => tokio::time::sleep(self.poll).await,
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tenfold_store::queue::{Backoff, Beat, Failure, JobQueue, JobState, NewJob};
-use tenfold_test_support::{engines, TestDb};
+use tenfold_test_support::{engines, nats_url, Engine, TestDb, TestNats};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -21,22 +21,49 @@ fn kinds() -> Vec<String> {
     vec!["image".into(), "video".into(), "noop".into()]
 }
 
-async fn queue(db: &TestDb) -> JobQueue {
+/// A database engine, with dispatch by NATS JetStream or by the database itself.
+#[derive(Debug, Clone, Copy)]
+struct Backend {
+    engine: Engine,
+    nats: bool,
+}
+
+/// Every engine, each also with NATS when `TENFOLD_TEST_NATS_URL` is set.
+fn backends() -> Vec<Backend> {
+    let mut v = Vec::new();
+    for engine in engines() {
+        v.push(Backend {
+            engine,
+            nats: false,
+        });
+        if nats_url().is_some() {
+            v.push(Backend { engine, nats: true });
+        }
+    }
+    v
+}
+
+async fn queue(db: &TestDb, b: Backend) -> (JobQueue, Option<TestNats>) {
     db.store().await; // migrates
-    JobQueue::connect(&db.url, Duration::from_secs(15))
+    let q = JobQueue::connect(&db.url, Duration::from_secs(15))
         .await
         .unwrap()
         .with_backoff(Backoff {
             base: Duration::from_millis(40),
             cap: Duration::from_millis(200),
-        })
+        });
+    if !b.nats {
+        return (q, None);
+    }
+    let nats = TestNats::new().unwrap();
+    (q.with_nats(nats.opts.clone()).await.unwrap(), Some(nats))
 }
 
 #[tokio::test]
 async fn enqueue_is_idempotent_by_key_and_claims_follow_priority_and_run_at() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let q = queue(&db).await;
+    for engine in backends() {
+        let db = TestDb::new(engine.engine).await;
+        let (q, _nats) = queue(&db, engine).await;
         let mut keyed = NewJob::new("media", "image", json!({"path": "a.jpg"}));
         keyed.idempotency_key = Some("upload-1".into());
         let (first, created) = q.enqueue(&keyed).await.unwrap();
@@ -59,6 +86,8 @@ async fn enqueue_is_idempotent_by_key_and_claims_follow_priority_and_run_at() {
             .await
             .unwrap()
             .0;
+        // NATS: the outbox is published (workers are woken by the relay; tests wait for it).
+        q.flush_outbox().await.unwrap();
         // A worker without a video handler leaves video jobs alone.
         let got = q
             .claim(&all(), &["image".into()], "w1", 10, LEASE)
@@ -90,14 +119,15 @@ async fn enqueue_is_idempotent_by_key_and_claims_follow_priority_and_run_at() {
 
 #[tokio::test]
 async fn a_lost_lease_cannot_complete_and_the_next_claim_does() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let q = queue(&db).await;
+    for engine in backends() {
+        let db = TestDb::new(engine.engine).await;
+        let (q, _nats) = queue(&db, engine).await;
         let job = q
             .enqueue(&NewJob::new("media", "noop", json!({})))
             .await
             .unwrap()
             .0;
+        q.flush_outbox().await.unwrap();
         let slow = q
             .claim(&all(), &kinds(), "slow", 1, Duration::from_millis(100))
             .await
@@ -153,12 +183,13 @@ async fn a_lost_lease_cannot_complete_and_the_next_claim_does() {
 
 #[tokio::test]
 async fn failures_back_off_then_dead_letter_and_dead_jobs_can_be_retried() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let q = queue(&db).await;
+    for engine in backends() {
+        let db = TestDb::new(engine.engine).await;
+        let (q, _nats) = queue(&db, engine).await;
         let mut new = NewJob::new("import", "noop", json!({}));
         new.max_attempts = 2;
         let job = q.enqueue(&new).await.unwrap().0;
+        q.flush_outbox().await.unwrap();
         let l = q
             .claim(&all(), &kinds(), "w", 1, LEASE)
             .await
@@ -197,6 +228,7 @@ async fn failures_back_off_then_dead_letter_and_dead_jobs_can_be_retried() {
         assert!(j.last_error.as_deref().unwrap().contains("dead-lettered"));
         assert_eq!(q.stats().await.unwrap()[0].dead, 1);
         assert_eq!(q.retry_dead(Some("import")).await.unwrap(), 1);
+        q.flush_outbox().await.unwrap();
         let l = q
             .claim(&all(), &kinds(), "w", 1, LEASE)
             .await
@@ -217,14 +249,15 @@ async fn failures_back_off_then_dead_letter_and_dead_jobs_can_be_retried() {
 
 #[tokio::test]
 async fn release_does_not_count_an_attempt_and_cancel_stops_queued_and_running_jobs() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let q = queue(&db).await;
+    for engine in backends() {
+        let db = TestDb::new(engine.engine).await;
+        let (q, _nats) = queue(&db, engine).await;
         let a = q
             .enqueue(&NewJob::new("media", "noop", json!("a")))
             .await
             .unwrap()
             .0;
+        q.flush_outbox().await.unwrap();
         let l = q
             .claim(&all(), &kinds(), "w", 1, LEASE)
             .await
@@ -271,14 +304,16 @@ async fn release_does_not_count_an_attempt_and_cancel_stops_queued_and_running_j
 
 #[tokio::test]
 async fn concurrent_claimers_take_each_job_once() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let q = Arc::new(queue(&db).await);
+    for engine in backends() {
+        let db = TestDb::new(engine.engine).await;
+        let (q, _nats) = queue(&db, engine).await;
+        let q = Arc::new(q);
         for i in 0..400 {
             q.enqueue(&NewJob::new("media", "noop", json!(i)))
                 .await
                 .unwrap();
         }
+        q.flush_outbox().await.unwrap();
         let mut tasks = Vec::new();
         for w in 0..4 {
             let q = q.clone();
@@ -311,11 +346,13 @@ async fn concurrent_claimers_take_each_job_once() {
 
 #[tokio::test]
 async fn a_waiting_worker_wakes_on_an_enqueue() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let q = Arc::new(queue(&db).await);
+    for engine in backends() {
+        let db = TestDb::new(engine.engine).await;
+        let (q, _nats) = queue(&db, engine).await;
+        let q = Arc::new(q);
         // PostgreSQL wakes by notification, well before this long poll; SQLite polls (so a short poll).
-        let poll = if db.url.starts_with("sqlite:") {
+        // NATS: the relay wakes workers after it publishes.
+        let poll = if db.url.starts_with("sqlite:") && !engine.nats {
             Duration::from_millis(50)
         } else {
             Duration::from_secs(20)

@@ -7,6 +7,7 @@
 //! Invariant: nothing a test creates outlives it; tests never share a database.
 
 mod counting;
+mod nats;
 mod pg_cluster;
 mod redis_server;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use tenfold_store::{connect, ConnectOptions, Store};
 
 pub use counting::CountingStore;
+pub use nats::{nats_url, TestNats};
 pub use pg_cluster::PgCluster;
 pub use redis_server::RedisServer;
 pub use tenfold_config::{CacheConfig, HttpConfig};
