@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The test command of the README: every crate's tests, against SQLite and the local PostgreSQL.
+# The test command of the README: every crate's tests, against SQLite, the local PostgreSQL, Redis and NATS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TENFOLD_TEST_POSTGRES_URL="${TENFOLD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export TENFOLD_TEST_REDIS_URL="${TENFOLD_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+export TENFOLD_TEST_NATS_URL="${TENFOLD_TEST_NATS_URL:-nats://127.0.0.1:4222}"
 # The video tests run ffmpeg and ffprobe (Debian package), as video workers do.
 if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v ffprobe >/dev/null 2>&1; then
     if [[ "$(id -u)" == 0 ]]; then

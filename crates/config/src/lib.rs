@@ -47,6 +47,39 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Uploaded media and their renditions.
     pub media: MediaConfig,
+    /// The job queue's dispatch.
+    pub jobs: JobsConfig,
+}
+
+/// How jobs reach workers: by the database itself (the default), or by NATS JetStream with a
+/// transactional outbox in the database. Every app instance and worker must agree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsConfig {
+    /// `nats://host:4222`: dispatch through this NATS server's JetStream. Unset: the database's own
+    /// claims (SKIP LOCKED on PostgreSQL).
+    #[serde(serialize_with = "mask_opt_url")]
+    pub nats_url: Option<SecretString>,
+    /// The JetStream stream (created with work-queue retention if missing).
+    pub nats_stream: String,
+    /// Subjects are `{prefix}.{queue}.{kind}.{band}`.
+    pub nats_subject_prefix: String,
+    /// Deliveries of one message before the server drops it (the sweeper publishes its job again).
+    pub nats_max_deliver: i64,
+    /// A job queued and due this long whose subject has no message is published again, in ms.
+    pub nats_sweep_after_ms: u64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            nats_url: None,
+            nats_stream: "TENFOLD_JOBS".into(),
+            nats_subject_prefix: "tenfold.jobs".into(),
+            nats_max_deliver: 100,
+            nats_sweep_after_ms: 300_000,
+        }
+    }
 }
 
 /// Where uploads and renditions are kept, and how large an upload may be.
@@ -454,6 +487,7 @@ const ENV_ALIASES: &[(&str, &str)] = &[
     ("redis_url", "cache.redis_url"),
     ("replica_urls", "database.replica_urls"),
     ("shard_urls", "database.shard_urls"),
+    ("nats_url", "jobs.nats_url"),
 ];
 
 impl Config {
@@ -648,6 +682,47 @@ impl Config {
                     "must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379",
                 );
             }
+        }
+        let j = &self.jobs;
+        if let Some(u) = &j.nats_url {
+            let u = u.expose_secret();
+            if !(u.starts_with("nats://") || u.starts_with("tls://")) {
+                return invalid(
+                    "jobs.nats_url",
+                    "must be a nats:// or tls:// URL such as nats://127.0.0.1:4222",
+                );
+            }
+        }
+        let name_ok = |n: &str, extra: &[u8]| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b) || extra.contains(&b))
+        };
+        if !name_ok(&j.nats_stream, b"") {
+            return invalid(
+                "jobs.nats_stream",
+                "must be 1 to 64 of A-Z, a-z, 0-9, '_' and '-'",
+            );
+        }
+        if !name_ok(&j.nats_subject_prefix, b".")
+            || j.nats_subject_prefix.starts_with('.')
+            || j.nats_subject_prefix.ends_with('.')
+            || j.nats_subject_prefix.contains("..")
+        {
+            return invalid(
+                "jobs.nats_subject_prefix",
+                "must be dot-separated tokens of A-Z, a-z, 0-9, '_' and '-', such as tenfold.jobs",
+            );
+        }
+        if !(1..=10_000).contains(&j.nats_max_deliver) {
+            return invalid("jobs.nats_max_deliver", "must be between 1 and 10000");
+        }
+        if !(1_000..=86_400_000).contains(&j.nats_sweep_after_ms) {
+            return invalid(
+                "jobs.nats_sweep_after_ms",
+                "must be between 1000 ms and one day",
+            );
         }
         let lb = &self.lb;
         for (field, v) in [
@@ -867,6 +942,43 @@ mod tests {
                 load_in(jail, &Overrides::default()).is_err(),
                 "a misspelt SECTION__KEY is an error"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn nats_settings_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TENFOLD_NATS_URL", "nats://u:pw@127.0.0.1:4222");
+            let c = load_in(jail, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert!(c.jobs.nats_url.is_some());
+            assert!(!c.to_masked_toml().contains(":pw@"));
+            for (k, v, field) in [
+                ("TENFOLD_NATS_URL", "http://x", "jobs.nats_url"),
+                ("TENFOLD_JOBS__NATS_STREAM", "a.b", "jobs.nats_stream"),
+                (
+                    "TENFOLD_JOBS__NATS_SUBJECT_PREFIX",
+                    "a..b",
+                    "jobs.nats_subject_prefix",
+                ),
+                (
+                    "TENFOLD_JOBS__NATS_MAX_DELIVER",
+                    "0",
+                    "jobs.nats_max_deliver",
+                ),
+                (
+                    "TENFOLD_JOBS__NATS_SWEEP_AFTER_MS",
+                    "5",
+                    "jobs.nats_sweep_after_ms",
+                ),
+            ] {
+                jail.clear_env();
+                jail.set_env(k, v);
+                let e = load_in(jail, &Overrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(field), "{k}={v}: {e}");
+            }
             Ok(())
         });
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use tenfold_config::Config;
-use tenfold_store::queue::{JobQueue, NewJob};
+use tenfold_store::queue::{JobQueue, NatsOptions, NewJob};
 
 use crate::cli::JobsAction;
 use crate::UsageError;
@@ -24,7 +24,7 @@ async fn open_queue(config: &Config) -> anyhow::Result<JobQueue> {
 /// The job queue on the configured database (already migrated).
 pub(crate) async fn connect_queue(config: &Config) -> anyhow::Result<JobQueue> {
     let url = config.database.url.expose_secret();
-    JobQueue::connect(
+    let queue = JobQueue::connect(
         url,
         Duration::from_millis(config.database.acquire_timeout_ms),
     )
@@ -33,6 +33,21 @@ pub(crate) async fn connect_queue(config: &Config) -> anyhow::Result<JobQueue> {
         format!(
             "cannot open the job queue on {}",
             tenfold_config::mask_password(url)
+        )
+    })?;
+    let j = &config.jobs;
+    let Some(nats) = &j.nats_url else {
+        return Ok(queue);
+    };
+    let mut opts = NatsOptions::new(nats.expose_secret());
+    opts.stream = j.nats_stream.clone();
+    opts.subject_prefix = j.nats_subject_prefix.clone();
+    opts.max_deliver = j.nats_max_deliver;
+    opts.sweep_after = Duration::from_millis(j.nats_sweep_after_ms);
+    queue.with_nats(opts).await.with_context(|| {
+        format!(
+            "cannot dispatch jobs through NATS at {}",
+            tenfold_config::mask_password(nats.expose_secret())
         )
     })
 }
@@ -91,7 +106,8 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
     opts.grace = Duration::from_millis(a.grace_ms);
     // PostgreSQL wakes idle workers by NOTIFY (the poll only covers a lost one); SQLite has no
     // notifications across processes, so idle workers poll often (an indexed, empty-result query).
-    opts.poll = if sqlite {
+    // With NATS, the outbox relay wakes idle workers after it publishes.
+    opts.poll = if sqlite && config.jobs.nats_url.is_none() {
         Duration::from_millis(100)
     } else {
         Duration::from_secs(1)
@@ -103,6 +119,7 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
         tracing::warn!("ffmpeg/ffprobe not found: this worker leaves video jobs to others");
     }
     let registry = tenfold_jobs::builtin::registry()
+        .register("mark", tenfold_jobs::builtin::Mark::new(blobs.clone()))
         .register(
             "image",
             tenfold_jobs::media::ImageRenditions::new(blobs.clone()),
@@ -177,6 +194,8 @@ pub(crate) async fn jobs(config: Config, action: JobsAction) -> anyhow::Result<(
                 last = job.id;
                 created += u32::from(new_one);
             }
+            // NATS: publish the outbox before this process (and its relay) exits.
+            q.flush_outbox().await?;
             match first {
                 Some(f) if f == last => println!(
                     "job {f} {}",
@@ -213,6 +232,7 @@ pub(crate) async fn jobs(config: Config, action: JobsAction) -> anyhow::Result<(
         JobsAction::RetryDead { queue } => {
             let q = open_queue(&config).await?;
             let n = q.retry_dead(queue.as_deref()).await?;
+            q.flush_outbox().await?;
             println!("{n} dead jobs put back in their queue");
         }
         JobsAction::Show { id } => {

@@ -1,6 +1,8 @@
 //! `tenfold worker` processes killed with SIGKILL at random while they work through a queue: no job is
-//! lost, none is wrongly dead-lettered, every job ends done once — on each backend. CI runs 1,500 jobs;
-//! `TENFOLD_SOAK=1` runs the full 10,000.
+//! lost, none is wrongly dead-lettered, every job ends done once with its effect applied once — on each
+//! backend (SQLite and PostgreSQL, each dispatching by itself and through NATS JetStream). CI runs
+//! 1,500 jobs per backend; `TENFOLD_SOAK=1` runs the full 10,000:
+//! `TENFOLD_SOAK=1 cargo test -p tenfold --test jobs -- --nocapture`.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 #![allow(clippy::disallowed_methods)] // drives real processes
@@ -8,22 +10,36 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tenfold_store::queue::JobQueue;
-use tenfold_test_support::{engines, TestDb};
+use tenfold_store::queue::{JobQueue, NatsOptions};
+use tenfold_test_support::{engines, TestDb, TestNats};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenfold");
 
-fn tenfold(db: &str) -> Command {
+/// What every process of one run shares: the database, the blob directory and (maybe) the NATS stream.
+struct Env<'a> {
+    db: &'a str,
+    media: &'a std::path::Path,
+    nats: Option<&'a NatsOptions>,
+}
+
+fn tenfold(e: &Env<'_>) -> Command {
     let mut c = Command::new(BIN);
     c.env_remove("TENFOLD_DATABASE_URL")
         .env_remove("TENFOLD_CONFIG")
+        .env_remove("TENFOLD_NATS_URL")
         .env("RUST_LOG", "warn")
-        .args(["--database-url", db]);
+        .env("TENFOLD_MEDIA__DIR", e.media)
+        .args(["--database-url", e.db]);
+    if let Some(n) = e.nats {
+        c.env("TENFOLD_NATS_URL", &n.url)
+            .env("TENFOLD_JOBS__NATS_STREAM", &n.stream)
+            .env("TENFOLD_JOBS__NATS_SUBJECT_PREFIX", &n.subject_prefix);
+    }
     c
 }
 
-fn start_worker(db: &str) -> Child {
-    tenfold(db)
+fn start_worker(e: &Env<'_>) -> Child {
+    tenfold(e)
         .args([
             "worker",
             "--queues",
@@ -48,16 +64,30 @@ async fn workers_killed_at_random_lose_no_job_and_dead_letter_none() {
     } else {
         1_500
     };
+    let mut backends = Vec::new();
     for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let out = tenfold(&db.url)
+        backends.push((engine, None));
+        if let Some(n) = TestNats::new() {
+            backends.push((engine, Some(n)));
+        }
+    }
+    for (engine, nats) in &backends {
+        let label = format!("{engine:?}{}", if nats.is_some() { " + NATS" } else { "" });
+        let db = TestDb::new(*engine).await;
+        let media = tempfile::tempdir().unwrap();
+        let env = Env {
+            db: &db.url,
+            media: media.path(),
+            nats: nats.as_ref().map(|n| &n.opts),
+        };
+        let out = tenfold(&env)
             .args([
                 "jobs",
                 "enqueue",
                 "--queue",
                 "media",
                 "--kind",
-                "noop",
+                "mark",
                 "--args",
                 r#"{"sleep_ms": 15}"#,
                 "--count",
@@ -74,7 +104,7 @@ async fn workers_killed_at_random_lose_no_job_and_dead_letter_none() {
             .await
             .unwrap();
 
-        let mut workers: Vec<Child> = (0..3).map(|_| start_worker(&db.url)).collect();
+        let mut workers: Vec<Child> = (0..3).map(|_| start_worker(&env)).collect();
         let started = Instant::now();
         let (mut kills, mut n) = (0, 0u64);
         let stats = loop {
@@ -85,7 +115,7 @@ async fn workers_killed_at_random_lose_no_job_and_dead_letter_none() {
             }
             assert!(
                 started.elapsed() < Duration::from_secs(240),
-                "{engine:?}: not finished: {s:?}"
+                "{label}: not finished: {s:?}"
             );
             // Kill one worker at random (a cheap LCG is random enough here) and start a replacement.
             n = n
@@ -94,28 +124,34 @@ async fn workers_killed_at_random_lose_no_job_and_dead_letter_none() {
             let victim = (n >> 33) as usize % workers.len();
             workers[victim].kill().unwrap(); // SIGKILL
             workers[victim].wait().unwrap();
-            workers[victim] = start_worker(&db.url);
+            workers[victim] = start_worker(&env);
             kills += 1;
         };
         for mut w in workers {
             let _ = w.kill();
             let _ = w.wait();
         }
-        eprintln!("{engine:?}: {jobs} jobs, {kills} workers killed, {stats:?}");
-        assert_eq!(stats.dead, 0, "{engine:?}: none wrongly dead-lettered");
+        eprintln!("{label}: {jobs} jobs, {kills} workers killed, {stats:?}");
+        assert_eq!(stats.dead, 0, "{label}: none wrongly dead-lettered");
         assert_eq!(stats.failed, 0);
-        assert_eq!(stats.done, jobs as i64, "{engine:?}: every job done");
+        assert_eq!(stats.done, jobs as i64, "{label}: every job done");
         assert!(kills >= 3, "the test killed workers mid-run ({kills})");
         // Kills interrupted running jobs, which ran again after their leases expired.
         let mut rerun = 0;
         for id in 1..=jobs as i64 {
-            if let Some(j) = q.get(id).await.unwrap() {
-                if j.attempts > 1 {
-                    rerun += 1;
-                }
+            let j = q.get(id).await.unwrap().unwrap();
+            if j.attempts > 1 {
+                rerun += 1;
             }
+            // Its effect is there, once, whether it ran once or more.
+            let mark = std::fs::read_to_string(media.path().join(format!("marks/{id}"))).unwrap();
+            assert_eq!(mark, id.to_string(), "{label}: job {id}'s mark");
         }
-        eprintln!("{engine:?}: {rerun} jobs ran more than once (their worker was killed)");
-        assert!(rerun > 0, "{engine:?}: no kill hit a running job");
+        let marks = std::fs::read_dir(media.path().join("marks"))
+            .unwrap()
+            .count();
+        assert_eq!(marks, jobs as usize, "{label}: one mark per job, no other");
+        eprintln!("{label}: {rerun} jobs ran more than once (their worker was killed)");
+        assert!(rerun > 0, "{label}: no kill hit a running job");
     }
 }
