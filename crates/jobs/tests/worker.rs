@@ -1,4 +1,4 @@
-//! The worker runtime on every engine: runs jobs to completion, retries and dead-letters failures
+//! The worker runtime on every engine, dispatching by the database and through NATS JetStream: runs jobs to completion, retries and dead-letters failures
 //! (panics included), stops cancelled jobs, releases unfinished jobs on shutdown.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
@@ -10,19 +10,33 @@ use std::time::Duration;
 use serde_json::json;
 use tenfold_jobs::{builtin, Handler, JobCtx, JobError, Worker, WorkerOptions};
 use tenfold_store::queue::{Backoff, JobQueue, JobState, NewJob};
-use tenfold_test_support::{engines, TestDb};
+use tenfold_test_support::{engines, Engine, TestDb, TestNats};
 
-async fn queue(db: &TestDb) -> Arc<JobQueue> {
+/// Every engine, each also with NATS (a stream of its own) when `TENFOLD_TEST_NATS_URL` is set.
+fn backends() -> Vec<(Engine, Option<TestNats>)> {
+    let mut v = Vec::new();
+    for engine in engines() {
+        v.push((engine, None));
+        if let Some(n) = TestNats::new() {
+            v.push((engine, Some(n)));
+        }
+    }
+    v
+}
+
+async fn queue(db: &TestDb, nats: &Option<TestNats>) -> Arc<JobQueue> {
     db.store().await;
-    Arc::new(
-        JobQueue::connect(&db.url, Duration::from_secs(15))
-            .await
-            .unwrap()
-            .with_backoff(Backoff {
-                base: Duration::from_millis(20),
-                cap: Duration::from_millis(50),
-            }),
-    )
+    let q = JobQueue::connect(&db.url, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .with_backoff(Backoff {
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(50),
+        });
+    Arc::new(match nats {
+        Some(n) => q.with_nats(n.opts.clone()).await.unwrap(),
+        None => q,
+    })
 }
 
 fn opts() -> WorkerOptions {
@@ -82,9 +96,10 @@ impl Handler for Flaky {
 
 #[tokio::test]
 async fn a_worker_runs_jobs_to_the_end_retrying_and_dead_lettering_failures() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let q = queue(&db).await;
+    for (engine, nats) in backends() {
+        let engine = (engine, nats.is_some());
+        let db = TestDb::new(engine.0).await;
+        let q = queue(&db, &nats).await;
         let mut ids = Vec::new();
         for i in 0..200 {
             ids.push(
@@ -150,9 +165,10 @@ async fn a_worker_runs_jobs_to_the_end_retrying_and_dead_lettering_failures() {
 
 #[tokio::test]
 async fn shutdown_releases_unfinished_jobs_and_cancel_stops_a_running_one() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let q = queue(&db).await;
+    for (engine, nats) in backends() {
+        let engine = (engine, nats.is_some());
+        let db = TestDb::new(engine.0).await;
+        let q = queue(&db, &nats).await;
         let long = q
             .enqueue(&NewJob::new("media", "noop", json!({"sleep_ms": 30_000})))
             .await
@@ -207,10 +223,11 @@ impl Handler for Counting {
 
 #[tokio::test]
 async fn a_buffered_job_whose_lease_ran_out_is_not_run_twice() {
-    for engine in engines() {
-        let db = TestDb::new(engine).await;
-        let qa = queue(&db).await;
-        let qb = queue(&db).await; // another process's queue handle (its own reaping clock)
+    for (engine, nats) in backends() {
+        let engine = (engine, nats.is_some());
+        let db = TestDb::new(engine.0).await;
+        let qa = queue(&db, &nats).await;
+        let qb = queue(&db, &nats).await; // another process's queue handle (its own reaping clock)
         let long = qa
             .enqueue(&NewJob::new("media", "count", json!({"sleep_ms": 1500})))
             .await

@@ -21,7 +21,7 @@
 //!   it is claimed again (or dead-lettered when its attempts are spent) — attempts count claims, not
 //!   deliveries, so the dead-letter decision is the database's, as on the other backends.
 //! - Lost messages (MaxDeliver reached, a purged stream, a producer without NATS configured): every
-//!   30 s a relay puts back in the outbox the jobs queued and due for longer than `sweep_after` whose
+//!   30 s (or `sweep_after`, if shorter) a relay puts back in the outbox the jobs queued and due for longer than `sweep_after` whose
 //!   subject has no message in the stream.
 
 use std::collections::{HashMap, HashSet};
@@ -358,7 +358,7 @@ async fn relay_loop(relay: Relay) {
                 }
             }
         }
-        if last_sweep.elapsed() >= Duration::from_secs(30) {
+        if last_sweep.elapsed() >= relay.opts.sweep_after.min(Duration::from_secs(30)) {
             last_sweep = Instant::now();
             match relay.sweep().await {
                 Ok(0) => {}
