@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# No-op jobs from enqueue to completion: tenfold's queue on PostgreSQL and SQLite, side by side with
+# No-op jobs from enqueue to completion: tenfold's queue on PostgreSQL and SQLite, each dispatching by
+# itself and through NATS JetStream (the outbox in the database, NATSURL), side by side with
 # graphile-worker (npm; bench/graphile/run.sh) on the same PostgreSQL, in two shapes:
 #   drain: JOBS jobs already queued, then one worker starts; timed from its start to the last completion
 #          (what the queue itself sustains: claims, completions, wake-ups);
@@ -9,6 +10,7 @@
 #   bash bench/jobs.sh                           # 10,000 jobs, concurrency 8, 3 rounds, medians
 #   JOBS=2000 ROUNDS=1 bash bench/jobs.sh
 #   GRAPHILE=0 bash bench/jobs.sh                # without graphile-worker (no node needed)
+#   NATS=0 bash bench/jobs.sh                    # without the NATS backends
 #
 # The backends run in turn within each round, so the machine's noise (a shared disk: every commit is an
 # fsync) falls on all of them alike. PostgreSQL is the shared server (PGURL to change); each run gets a
@@ -21,6 +23,8 @@ CONCURRENCY="${CONCURRENCY:-8}"
 ROUNDS="${ROUNDS:-3}"
 GRAPHILE="${GRAPHILE:-1}"
 PGURL="${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}"
+NATS="${NATS:-1}"
+NATSURL="${NATSURL:-nats://127.0.0.1:4222}"
 
 command -v psql >/dev/null 2>&1 || bench_die "psql is required"
 bench_mktemp
@@ -45,9 +49,15 @@ fresh_pg() { # prints the URL of a new database
 now_ms() { date +%s%3N; }
 done_count() { "$bin" jobs stats --database-url "$1" 2>/dev/null | awk '$1 == "bench" { print $5 }'; }
 
-# tenfold_run MODE DATABASE_URL: prints seconds.
+# tenfold_run MODE DATABASE_URL [nats]: prints seconds. With nats, every process dispatches through
+# JetStream (stream BENCH_JOBS, subjects bench.jobs.*; each run drains it, so runs do not meet).
 tenfold_run() {
     local mode="$1" db="$2" t0 t1 pid log="$work/worker-$RANDOM$RANDOM"
+    if [[ "${3:-}" == nats ]]; then
+        export TENFOLD_NATS_URL="$NATSURL" TENFOLD_JOBS__NATS_STREAM=BENCH_JOBS TENFOLD_JOBS__NATS_SUBJECT_PREFIX=bench.jobs
+    else
+        unset TENFOLD_NATS_URL TENFOLD_JOBS__NATS_STREAM TENFOLD_JOBS__NATS_SUBJECT_PREFIX
+    fi
     "$bin" migrate --database-url "$db" >/dev/null 2>&1
     enqueue() { "$bin" jobs enqueue --database-url "$db" --queue bench --kind noop --count "$JOBS" >/dev/null 2>&1; }
     [[ "$mode" == drain ]] && enqueue
@@ -74,6 +84,7 @@ graphile_run() { # graphile_run MODE: prints seconds
 
 declare -A secs
 backends=("tenfold-postgres" "tenfold-sqlite")
+[[ "$NATS" == 1 ]] && backends+=("tenfold-postgres-nats" "tenfold-sqlite-nats")
 [[ "$GRAPHILE" == 1 ]] && backends+=("graphile-postgres")
 for ((r = 1; r <= ROUNDS; r++)); do
     for mode in drain flow; do
@@ -81,6 +92,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
             case "$b" in
                 tenfold-postgres) s="$(tenfold_run "$mode" "$(fresh_pg)")" ;;
                 tenfold-sqlite) s="$(tenfold_run "$mode" "sqlite://$work/jobs-$r-$mode.db")" ;;
+                tenfold-postgres-nats) s="$(tenfold_run "$mode" "$(fresh_pg)" nats)" ;;
+                tenfold-sqlite-nats) s="$(tenfold_run "$mode" "sqlite://$work/jobs-$r-$mode-nats.db" nats)" ;;
                 graphile-postgres) s="$(graphile_run "$mode")" ;;
             esac
             [[ -n "$s" ]] || bench_die "$b $mode gave no figure"

@@ -1235,7 +1235,7 @@ impl JobQueue {
         if let Some(d) = &self.nats {
             return Ok(Waker {
                 listener: None,
-                nats: Some(d.wake_subscription().await?),
+                nats: Some((d.wake_subscription().await?, d.epoch.clone())),
                 poll,
             });
         }
@@ -1258,7 +1258,8 @@ impl JobQueue {
 /// Waits for a sign of work (see [`JobQueue::waker`]).
 pub struct Waker {
     listener: Option<PgListener>,
-    nats: Option<async_nats::Subscriber>,
+    /// NATS: the relays' wake-ups, and the epoch they bump (claims then ask every consumer again).
+    nats: Option<(async_nats::Subscriber, Arc<std::sync::atomic::AtomicU64>)>,
     poll: Duration,
 }
 
@@ -1270,8 +1271,10 @@ impl Waker {
             (Some(l), _) => {
                 let _ = tokio::time::timeout(self.poll, l.try_recv()).await;
             }
-            (None, Some(s)) => {
-                let _ = tokio::time::timeout(self.poll, s.next()).await;
+            (None, Some((s, epoch))) => {
+                if let Ok(Some(_)) = tokio::time::timeout(self.poll, s.next()).await {
+                    epoch.fetch_add(1, Ordering::Relaxed);
+                }
             }
             (None, None) => tokio::time::sleep(self.poll).await,
         }

@@ -6,8 +6,8 @@
 //! - Outbox: an enqueue writes the job and a `job_outbox` row in one transaction (so it is
 //!   transactional with the rows the job works on). A relay task in every process that has the queue
 //!   publishes due rows (scheduled jobs stay in the outbox until their time) with `Nats-Msg-Id` =
-//!   job and row id, so a relay that dies between publishing and deleting is deduplicated by the
-//!   stream, then deletes them (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so relays do not collide).
+//!   job id, row id and due time (distinct across a re-created database too), so a relay that dies
+//!   between publishing and deleting is deduplicated by the stream, then deletes them (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so relays do not collide).
 //! - One work-queue stream; subject `{prefix}.{queue}.{kind}.{band}`, band `hi`/`mid`/`lo` for
 //!   priority above, at or below 0; one durable pull consumer per subject (ack wait = the lease,
 //!   bounded MaxDeliver). A worker fetches from its queues in order, each queue's bands high to low,
@@ -25,6 +25,7 @@
 //!   subject has no message in the stream.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,11 @@ impl NatsOptions {
 pub(super) type Delivery = Arc<jetstream::Message>;
 
 const BANDS: [&str; 3] = ["hi", "mid", "lo"];
+/// A worker has a consumer per queue, kind and band (15 for 1 queue and 5 kinds), and a fetch is a
+/// round trip: one that finds a consumer empty skips it for this long, unless a wake-up (something
+/// was published) came since, so a busy worker's claims ask the consumers that have work. A
+/// redelivery (a retry's backoff ending, a dead worker's ack wait) may wait this long more.
+const EMPTY_SKIP: Duration = Duration::from_millis(50);
 const RELAY_BATCH: i64 = 256;
 
 fn band(priority: i64) -> &'static str {
@@ -92,6 +98,10 @@ fn token(s: &str) -> String {
     t
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Unavailable(Box::new(e))
 }
@@ -102,6 +112,11 @@ pub(super) struct Dispatch {
     client: async_nats::Client,
     opts: NatsOptions,
     consumers: tokio::sync::Mutex<HashMap<String, PullConsumer>>,
+    /// Consumers a fetch found empty: the wake-up epoch then, and until when fetches skip them (see
+    /// [`EMPTY_SKIP`]).
+    empty_until: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
+    /// Bumped by every wake-up a [`super::Waker`] of this queue receives (a relay published).
+    pub(super) epoch: Arc<AtomicU64>,
     relay_wake: Arc<Notify>,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -146,6 +161,8 @@ impl Dispatch {
             client,
             opts,
             consumers: tokio::sync::Mutex::default(),
+            empty_until: std::sync::Mutex::default(),
+            epoch: Arc::default(),
             relay_wake,
             relay,
         })
@@ -185,18 +202,13 @@ impl Dispatch {
 
     async fn consumer(
         &self,
+        name: &str,
         queue: &str,
         kind: &str,
         band: &str,
         ack_wait: Duration,
     ) -> Result<PullConsumer, StoreError> {
-        let name = format!(
-            "{}_{}_{}_{band}",
-            self.opts.stream,
-            token(queue),
-            token(kind)
-        );
-        if let Some(c) = self.consumers.lock().await.get(&name) {
+        if let Some(c) = self.consumers.lock().await.get(name) {
             return Ok(c.clone());
         }
         let stream = self
@@ -206,9 +218,9 @@ impl Dispatch {
             .map_err(unavailable)?;
         let c: PullConsumer = stream
             .get_or_create_consumer(
-                &name,
+                name,
                 jetstream::consumer::pull::Config {
-                    durable_name: Some(name.clone()),
+                    durable_name: Some(name.to_owned()),
                     filter_subject: subject(&self.opts, queue, kind, band),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait,
@@ -219,7 +231,10 @@ impl Dispatch {
             )
             .await
             .map_err(unavailable)?;
-        self.consumers.lock().await.insert(name, c.clone());
+        self.consumers
+            .lock()
+            .await
+            .insert(name.to_owned(), c.clone());
         Ok(c)
     }
 
@@ -239,7 +254,22 @@ impl Dispatch {
                     if want == 0 {
                         break 'all;
                     }
-                    let c = self.consumer(queue, kind, band, ack_wait).await?;
+                    let name = format!(
+                        "{}_{}_{}_{band}",
+                        self.opts.stream,
+                        token(queue),
+                        token(kind)
+                    );
+                    let now = Instant::now();
+                    let epoch = self.epoch.load(Ordering::Relaxed);
+                    if lock(&self.empty_until)
+                        .get(&name)
+                        .is_some_and(|(e, t)| *e == epoch && *t > now)
+                    {
+                        continue;
+                    }
+                    let c = self.consumer(&name, queue, kind, band, ack_wait).await?;
+                    let before = out.len();
                     let mut batch = c
                         .fetch()
                         .max_messages(want)
@@ -259,6 +289,12 @@ impl Dispatch {
                                 let _ = m.ack_with(AckKind::Term).await;
                             }
                         }
+                    }
+                    let mut empty = lock(&self.empty_until);
+                    if out.len() == before {
+                        empty.insert(name, (epoch, now + EMPTY_SKIP));
+                    } else {
+                        empty.remove(&name);
                     }
                 }
             }
@@ -327,6 +363,7 @@ struct OutboxRow {
     queue: String,
     kind: String,
     priority: i64,
+    due_ms: i64,
 }
 
 async fn relay_loop(relay: Relay) {
@@ -382,10 +419,10 @@ impl Relay {
             QueuePool::Postgres(p) => {
                 let mut tx = p.begin().await?;
                 let rows: Vec<OutboxRow> = sqlx::query_as(if barrier {
-                    "SELECT id, job_id, queue, kind, priority FROM job_outbox WHERE due_ms <= $1 \
+                    "SELECT id, job_id, queue, kind, priority, due_ms FROM job_outbox WHERE due_ms <= $1 \
                      ORDER BY due_ms, id LIMIT $2 FOR UPDATE"
                 } else {
-                    "SELECT id, job_id, queue, kind, priority FROM job_outbox WHERE due_ms <= $1 \
+                    "SELECT id, job_id, queue, kind, priority, due_ms FROM job_outbox WHERE due_ms <= $1 \
                      ORDER BY due_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED"
                 })
                 .bind(now)
@@ -409,7 +446,7 @@ impl Relay {
                 // One writer: no row locks. Two processes' relays may both publish a row; the stream's
                 // duplicate window drops the second (same Nats-Msg-Id).
                 let rows: Vec<OutboxRow> = sqlx::query_as(
-                    "SELECT id, job_id, queue, kind, priority FROM job_outbox WHERE due_ms <= ?1 \
+                    "SELECT id, job_id, queue, kind, priority, due_ms FROM job_outbox WHERE due_ms <= ?1 \
                      ORDER BY due_ms, id LIMIT ?2",
                 )
                 .bind(now)
@@ -438,7 +475,7 @@ impl Relay {
         for r in rows {
             let msg = jetstream::message::PublishMessage::build()
                 .payload(r.job_id.to_string().into())
-                .message_id(format!("{}.{}", r.job_id, r.id));
+                .message_id(format!("{}.{}.{}", r.job_id, r.id, r.due_ms));
             acks.push(
                 self.js
                     .send_publish(
