@@ -7,15 +7,19 @@ use tenfold_blobs::DirBlobs;
 
 use crate::{Handler, JobCtx, JobError};
 
-/// `sleep_ms` of a job's args: 0 to 60,000 (0 when absent).
-fn sleep_ms(ctx: &JobCtx) -> Result<u64, JobError> {
-    match ctx.job.args.get("sleep_ms") {
-        None => Ok(0),
+/// Sleeps for the `sleep_ms` of a job's args (0 to 60,000; none when absent).
+async fn pause(ctx: &JobCtx) -> Result<(), JobError> {
+    let ms = match ctx.job.args.get("sleep_ms") {
+        None => 0,
         Some(v) => v
             .as_u64()
             .filter(|&ms| ms <= 60_000)
-            .ok_or_else(|| JobError::Permanent("sleep_ms must be 0 to 60000".into())),
+            .ok_or_else(|| JobError::Permanent("sleep_ms must be 0 to 60000".into()))?,
+    };
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    Ok(())
 }
 
 /// `noop`: does nothing, after `sleep_ms` (0 to 60,000) if given. For benchmarks and failure tests.
@@ -24,10 +28,7 @@ pub struct Noop;
 #[async_trait::async_trait]
 impl Handler for Noop {
     async fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, JobError> {
-        let ms = sleep_ms(ctx)?;
-        if ms > 0 {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
+        pause(ctx).await?;
         Ok(serde_json::Value::Null)
     }
 }
@@ -49,10 +50,7 @@ impl Mark {
 #[async_trait::async_trait]
 impl Handler for Mark {
     async fn run(&self, ctx: &JobCtx) -> Result<serde_json::Value, JobError> {
-        let ms = sleep_ms(ctx)?;
-        if ms > 0 {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
+        pause(ctx).await?;
         let key = format!("marks/{}", ctx.job.id);
         self.blobs
             .put_atomic(&key, ctx.job.id.to_string().as_bytes())

@@ -394,6 +394,18 @@ macro_rules! on_queue {
 
 mod nats;
 
+/// "`id` is one of the JSON array bound as one `?` parameter". PostgreSQL: `= ANY(ARRAY(...))`, an
+/// init plan, so the plan always looks the ids up in the primary key (an `IN (subquery)` may be planned
+/// as a hash join over every queued job).
+fn id_in_json(pool: &QueuePool) -> &'static str {
+    match pool {
+        QueuePool::Sqlite(_) => "id IN (SELECT value FROM json_each(?))",
+        QueuePool::Postgres(_) => {
+            "id = ANY(ARRAY(SELECT jsonb_array_elements_text(CAST(? AS jsonb))::bigint))"
+        }
+    }
+}
+
 /// RETURNING gives no order: restores claim order within each queue (queues stay in their order).
 fn sort_claimed(out: &mut [Lease], queues: &[String]) {
     out.sort_by(|a, b| {
@@ -470,7 +482,10 @@ impl JobQueue {
     /// enqueues or works on the queue should be configured alike (a job enqueued without it reaches
     /// JetStream through the sweeper, after `sweep_after`).
     pub async fn with_nats(mut self, opts: NatsOptions) -> Result<JobQueue, StoreError> {
-        self.nats = Some(nats::Dispatch::start(self.pool.clone(), opts).await?);
+        // The relay's deletes (and the sweeper's re-inserts) need no flush: one lost in a crash only
+        // means a message published again, which the stream deduplicates or a claim turns into an ack.
+        let pool = self.relaxed.clone().unwrap_or_else(|| self.pool.clone());
+        self.nats = Some(nats::Dispatch::start(pool, opts).await?);
         Ok(self)
     }
 
@@ -478,7 +493,7 @@ impl JobQueue {
     /// calls this before it exits; long-lived ones have their relay). Returns how many; 0 without NATS.
     pub async fn flush_outbox(&self) -> Result<u64, StoreError> {
         match &self.nats {
-            Some(d) => d.flush(&self.pool).await,
+            Some(d) => d.flush().await,
             None => Ok(0),
         }
     }
@@ -495,23 +510,42 @@ impl JobQueue {
         let now = now_ms();
         let args = serde_json::to_string(&new.args).map_err(|e| StoreError::Other(Box::new(e)))?;
         let sql = format!("{INSERT_JOB} ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLS}");
-        let row: Option<JobRow> = on_queue!(&self.pool, |p, ph| {
-            if self.nats.is_some() {
-                let mut tx = p.begin().await?;
-                let row: Option<JobRow> = bind_job!(sqlx::query_as(&ph(&sql)), new, args, now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if let Some(r) = &row {
-                    write_outbox!(tx, ph, r);
-                }
-                tx.commit().await?;
-                row
-            } else {
-                bind_job!(sqlx::query_as(&ph(&sql)), new, args, now)
-                    .fetch_optional(p)
-                    .await?
+        let row: Option<JobRow> = match (&self.pool, self.nats.is_some()) {
+            // PostgreSQL with NATS: the job and its outbox row in one statement (one round trip).
+            (QueuePool::Postgres(p), true) => {
+                let sql = format!(
+                    "WITH j AS ({INSERT_JOB} ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLS}), \
+                     o AS (INSERT INTO job_outbox (job_id, queue, kind, priority, due_ms) \
+                           SELECT id, queue, kind, priority, run_at FROM j) \
+                     SELECT {COLS} FROM j"
+                );
+                bind_job!(
+                    sqlx::query_as(&crate::sql::dollar_params(&sql)),
+                    new,
+                    args,
+                    now
+                )
+                .fetch_optional(p)
+                .await?
             }
-        });
+            _ => on_queue!(&self.pool, |p, ph| {
+                if self.nats.is_some() {
+                    let mut tx = p.begin().await?;
+                    let row: Option<JobRow> = bind_job!(sqlx::query_as(&ph(&sql)), new, args, now)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if let Some(r) = &row {
+                        write_outbox!(tx, ph, r);
+                    }
+                    tx.commit().await?;
+                    row
+                } else {
+                    bind_job!(sqlx::query_as(&ph(&sql)), new, args, now)
+                        .fetch_optional(p)
+                        .await?
+                }
+            }),
+        };
         match row {
             Some(r) => {
                 self.wake(&new.queue).await;
@@ -773,39 +807,25 @@ impl JobQueue {
         token: i64,
     ) -> Result<Vec<Job>, StoreError> {
         let now = now_ms();
-        let rows: Vec<JobRow> = match self.relaxed.as_ref().unwrap_or(&self.pool) {
-            QueuePool::Sqlite(p) => {
-                let ids = serde_json::to_string(ids).map_err(|e| StoreError::Other(Box::new(e)))?;
-                sqlx::query_as(&format!(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = ?5, \
-                     lease_until = ?1, worker = ?2, updated_ms = ?3 \
-                     WHERE id IN (SELECT value FROM json_each(?4)) AND state = 'queued' AND run_at <= ?3 \
-                     RETURNING {COLS}"
-                ))
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let pool = self.relaxed.as_ref().unwrap_or(&self.pool);
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = ?, \
+             lease_until = ?, worker = ?, updated_ms = ? \
+             WHERE {} AND state = 'queued' AND run_at <= ? RETURNING {COLS}",
+            id_in_json(pool)
+        );
+        let rows: Vec<JobRow> = on_queue!(pool, |p, ph| {
+            sqlx::query_as(&ph(&sql))
+                .bind(token)
                 .bind(now + lease.as_millis() as i64)
                 .bind(worker)
                 .bind(now)
-                .bind(ids)
-                .bind(token)
-                .fetch_all(p)
-                .await?
-            }
-            QueuePool::Postgres(p) => {
-                sqlx::query_as(&format!(
-                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease = $5, \
-                     lease_until = $1, worker = $2, updated_ms = $3 \
-                     WHERE id = ANY($4) AND state = 'queued' AND run_at <= $3 \
-                     RETURNING {COLS}"
-                ))
-                .bind(now + lease.as_millis() as i64)
-                .bind(worker)
+                .bind(&ids)
                 .bind(now)
-                .bind(ids)
-                .bind(token)
                 .fetch_all(p)
                 .await?
-            }
-        };
+        });
         rows.into_iter().map(|r| job_of(r).map(|j| j.0)).collect()
     }
 
@@ -814,24 +834,14 @@ impl JobQueue {
         &self,
         ids: &[i64],
     ) -> Result<std::collections::HashMap<i64, (JobState, i64, Option<i64>)>, StoreError> {
-        let rows: Vec<(i64, String, i64, Option<i64>)> = match &self.pool {
-            QueuePool::Sqlite(p) => {
-                let ids = serde_json::to_string(ids).map_err(|e| StoreError::Other(Box::new(e)))?;
-                sqlx::query_as(
-                    "SELECT id, state, run_at, lease_until FROM jobs \
-                     WHERE id IN (SELECT value FROM json_each(?1))",
-                )
-                .bind(ids)
-                .fetch_all(p)
-                .await?
-            }
-            QueuePool::Postgres(p) => {
-                sqlx::query_as("SELECT id, state, run_at, lease_until FROM jobs WHERE id = ANY($1)")
-                    .bind(ids)
-                    .fetch_all(p)
-                    .await?
-            }
-        };
+        let ids = serde_json::to_string(ids).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let sql = format!(
+            "SELECT id, state, run_at, lease_until FROM jobs WHERE {}",
+            id_in_json(&self.pool)
+        );
+        let rows: Vec<(i64, String, i64, Option<i64>)> = on_queue!(&self.pool, |p, ph| {
+            sqlx::query_as(&ph(&sql)).bind(&ids).fetch_all(p).await?
+        });
         rows.into_iter()
             .map(|(id, s, run_at, until)| Ok((id, (JobState::parse(&s)?, run_at, until))))
             .collect()

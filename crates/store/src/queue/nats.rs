@@ -108,6 +108,8 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 
 /// The JetStream side of a queue.
 pub(super) struct Dispatch {
+    /// The outbox's pool.
+    pool: QueuePool,
     js: jetstream::Context,
     client: async_nats::Client,
     opts: NatsOptions,
@@ -128,7 +130,7 @@ impl Drop for Dispatch {
 }
 
 impl Dispatch {
-    /// Connects, makes sure the stream exists and starts the relay over `pool`'s outbox.
+    /// Connects, makes sure the stream exists and starts the relay over the outbox in `pool`'s database.
     pub(super) async fn start(pool: QueuePool, opts: NatsOptions) -> Result<Dispatch, StoreError> {
         let client = async_nats::ConnectOptions::new()
             .name("tenfold-jobs")
@@ -150,13 +152,14 @@ impl Dispatch {
         })?;
         let relay_wake = Arc::new(Notify::new());
         let relay = tokio::spawn(relay_loop(Relay {
-            pool,
+            pool: pool.clone(),
             js: js.clone(),
             client: client.clone(),
             opts: opts.clone(),
             wake: relay_wake.clone(),
         }));
         Ok(Dispatch {
+            pool,
             js,
             client,
             opts,
@@ -174,9 +177,9 @@ impl Dispatch {
     }
 
     /// Publishes everything due in the outbox now (a short-lived process calls this before it exits).
-    pub(super) async fn flush(&self, pool: &QueuePool) -> Result<u64, StoreError> {
+    pub(super) async fn flush(&self) -> Result<u64, StoreError> {
         let relay = Relay {
-            pool: pool.clone(),
+            pool: self.pool.clone(),
             js: self.js.clone(),
             client: self.client.clone(),
             opts: self.opts.clone(),
