@@ -11,7 +11,17 @@ use tenfold_store::{ConnectOptions, Store};
 use crate::cli::Command;
 
 pub(crate) fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+    // Libraries' chatter (the NATS client's connection events, PostgreSQL's "already exists" notices
+    // from idempotent DDL) stays out of the log unless the level names them.
+    let mut level = log.level.clone();
+    for quiet in ["async_nats=warn", "sqlx::postgres::notice=warn"] {
+        let target = quiet.split('=').next().unwrap_or(quiet);
+        if !level.contains(target) {
+            level.push(',');
+            level.push_str(quiet);
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
