@@ -50,7 +50,8 @@ pub use routes::orders::{
 };
 pub use routes::products::{CategoryList, ProductPage};
 
-use routes::{customers, jobs, media, ops, orders, products};
+pub use routes::flags::{valid_flag_name, FlagInput, FlagView, FlagsView};
+use routes::{customers, flags, jobs, media, ops, orders, products};
 
 /// The service: a store and the HTTP settings. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -73,6 +74,10 @@ pub(crate) struct Inner {
     pub(crate) jobs: std::sync::OnceLock<Arc<tenfold_store::queue::JobQueue>>,
     /// Blob storage for uploads, once configured (`App::set_media`).
     pub(crate) media: std::sync::OnceLock<routes::media::Media>,
+    /// Feature flags (`App::set_flags`; every flag at its default until then).
+    pub(crate) flags: std::sync::OnceLock<Arc<tenfold_flags::Flags>>,
+    /// The flag table the admin routes write to.
+    pub(crate) flag_table: std::sync::OnceLock<Arc<tenfold_store::flags::FlagTable>>,
 }
 
 /// Aborts a background task when dropped.
@@ -136,6 +141,8 @@ impl App {
                 orders: std::sync::OnceLock::new(),
                 jobs: std::sync::OnceLock::new(),
                 media: std::sync::OnceLock::new(),
+                flags: std::sync::OnceLock::new(),
+                flag_table: std::sync::OnceLock::new(),
                 store,
                 api_key: http.api_key.clone(),
                 body_limit: http.body_limit_bytes,
@@ -168,6 +175,24 @@ impl App {
             .set(routes::media::Media { blobs, max_upload });
     }
 
+    /// Gives the service its feature flags (kept fresh by their refresher) and the table the admin
+    /// routes change them in. Once only.
+    pub fn set_flags(
+        &self,
+        flags: Arc<tenfold_flags::Flags>,
+        table: Arc<tenfold_store::flags::FlagTable>,
+    ) {
+        let _ = self.inner.flags.set(flags);
+        let _ = self.inner.flag_table.set(table);
+    }
+
+    /// The flags served: those set with `set_flags`, else every flag at its default.
+    pub(crate) fn flags(&self) -> &tenfold_flags::Flags {
+        static DEFAULTS: std::sync::LazyLock<Arc<tenfold_flags::Flags>> =
+            std::sync::LazyLock::new(tenfold_flags::Flags::defaults);
+        self.inner.flags.get().unwrap_or(&DEFAULTS)
+    }
+
     pub(crate) fn cache(&self) -> &tenfold_cache::Cache {
         &self.inner.caching.cache
     }
@@ -195,6 +220,8 @@ impl App {
             .routes(routes!(jobs::get_job))
             .routes(routes!(jobs::job_events))
             .routes(routes!(jobs::queue_stats))
+            .routes(routes!(flags::list_flags))
+            .routes(routes!(flags::set_flag, flags::unset_flag))
             .routes(routes!(ops::healthz))
             .routes(routes!(ops::readyz))
             .routes(routes!(ops::metrics))
@@ -306,6 +333,10 @@ impl App {
                 ApiError::MethodNotAllowed(req.method().to_string())
             })
             .layer(DefaultBodyLimit::max(self.inner.body_limit))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                flags::read_only,
+            ))
             .layer(
                 CompressionLayer::new()
                     .quality(CompressionLevel::Precise(4))

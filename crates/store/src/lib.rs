@@ -17,10 +17,12 @@ mod fast;
 mod feed;
 #[macro_use]
 mod orders;
+pub mod flags;
 mod moves;
 pub mod queue;
 mod replicas;
 pub mod shards;
+mod side;
 mod sql;
 
 use std::sync::Arc;

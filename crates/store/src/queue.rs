@@ -24,9 +24,8 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Pool, Postgres, Sqlite};
 
+use crate::side::{on_side as on_queue, SidePool as QueuePool};
 use crate::StoreError;
 
 pub use nats::NatsOptions;
@@ -253,12 +252,6 @@ impl Backoff {
     }
 }
 
-#[derive(Clone)]
-enum QueuePool {
-    Sqlite(Pool<Sqlite>),
-    Postgres(Pool<Postgres>),
-}
-
 /// The queue, over its own pool on the catalog's database.
 pub struct JobQueue {
     pool: QueuePool,
@@ -376,22 +369,6 @@ macro_rules! write_outbox {
     };
 }
 
-/// Runs the same statement on either engine, `?` placeholders rewritten for PostgreSQL.
-macro_rules! on_queue {
-    ($pool:expr, |$p:ident, $ph:ident| $body:expr) => {
-        match $pool {
-            QueuePool::Sqlite($p) => {
-                let $ph = |s: &str| s.to_owned();
-                $body
-            }
-            QueuePool::Postgres($p) => {
-                let $ph = |s: &str| crate::sql::dollar_params(s);
-                $body
-            }
-        }
-    };
-}
-
 mod nats;
 
 /// "`id` is one of the JSON array bound as one `?` parameter". PostgreSQL: `= ANY(ARRAY(...))`, an
@@ -422,34 +399,8 @@ impl JobQueue {
     /// Opens the queue on the database `url` names (the catalog's), with its own small pool. The tables
     /// come from the catalog's migrations.
     pub async fn connect(url: &str, acquire_timeout: Duration) -> Result<JobQueue, StoreError> {
-        let pool = if url.starts_with("sqlite:") {
-            let o = SqliteConnectOptions::from_str(url)
-                .map_err(|e| StoreError::setup("parsing the queue's database URL", e))?
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(5));
-            // One connection: SQLite has one writer, and every queue operation but reads writes.
-            QueuePool::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .acquire_timeout(acquire_timeout)
-                    .connect_with(o)
-                    .await
-                    .map_err(|e| StoreError::setup("opening the job queue", e))?,
-            )
-        } else {
-            let o = PgConnectOptions::from_str(url)
-                .map_err(|e| StoreError::setup("parsing the queue's database URL", e))?
-                .application_name("tenfold-jobs");
-            QueuePool::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(acquire_timeout)
-                    .connect_with(o)
-                    .await
-                    .map_err(|e| StoreError::setup("opening the job queue", e))?,
-            )
-        };
+        // One connection on SQLite: it has one writer, and every queue operation but reads writes.
+        let pool = QueuePool::connect(url, "jobs", acquire_timeout, 8).await?;
         let relaxed = match &pool {
             QueuePool::Postgres(_) => {
                 let o = PgConnectOptions::from_str(url)

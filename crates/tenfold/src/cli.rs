@@ -115,6 +115,36 @@ pub(crate) enum JobsAction {
     },
 }
 
+/// What `tenfold flags` does.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum FlagsAction {
+    /// Every known flag (set, or at its default) and any other set flag.
+    List,
+    /// Turn a flag on (for everyone, or `--percent` of clients) or off; every instance follows within
+    /// about 100 ms.
+    Set {
+        /// The flag (`tenfold flags list` shows the known ones).
+        name: String,
+        /// On.
+        #[arg(long, conflicts_with = "off", required_unless_present = "off")]
+        on: bool,
+        /// Off.
+        #[arg(long)]
+        off: bool,
+        /// With --on: only for this share of clients (sticky per client).
+        #[arg(long, requires = "on", value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: Option<u8>,
+        /// Why (shown by `list`).
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Unset a flag: its default applies again.
+    Unset {
+        /// The flag.
+        name: String,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum LogFormatArg {
     Text,
@@ -210,6 +240,11 @@ pub(crate) enum Command {
     Jobs {
         #[command(subcommand)]
         action: JobsAction,
+    },
+    /// Feature flags and kill switches: `list`, `set NAME --on|--off [--percent N]`, `unset NAME`.
+    Flags {
+        #[command(subcommand)]
+        action: FlagsAction,
     },
     /// Order shards: `status` (buckets and orders per shard), `move` (a bucket, online), `bucket` (of a customer).
     Shards {

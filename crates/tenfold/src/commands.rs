@@ -258,6 +258,7 @@ pub(crate) async fn run(
             .await
         }
         Command::Jobs { action } => crate::jobs::jobs(config, action).await,
+        Command::Flags { action } => crate::flags::flags(config, action).await,
         Command::Shards { action } => {
             let store = open_store(&config, true).await?;
             let shards = open_order_shards(&config, &store).await?;
@@ -289,6 +290,8 @@ pub(crate) async fn run(
             ));
             let blobs = crate::jobs::open_blobs(&config).await?;
             app.set_media(blobs, config.media.max_upload_mib * 1024 * 1024);
+            let (flags, table) = crate::flags::start_flags(&config).await?;
+            app.set_flags(flags, table);
             let stop = async move {
                 if exit_on_stdin_eof {
                     tokio::select! {

@@ -217,12 +217,20 @@ pub struct JobsApp {
     pub queue: std::sync::Arc<tenfold_store::queue::JobQueue>,
     /// Its blob storage (a temporary directory, removed on drop).
     pub blobs: std::sync::Arc<tenfold_blobs::DirBlobs>,
+    /// Its flag table (the service refreshes its flags from it every 20 ms).
+    pub flags: std::sync::Arc<tenfold_store::flags::FlagTable>,
     _dir: tempfile::TempDir,
 }
 
-/// The service over `db` with its job queue and blob storage for uploads (at most [`TEST_MAX_UPLOAD`]).
+/// The service over `db` with its job queue, blob storage for uploads (at most [`TEST_MAX_UPLOAD`]) and
+/// feature flags.
 pub async fn spawn_app_with_jobs(db: &TestDb) -> JobsApp {
     let store = db.store().await;
+    let flags = std::sync::Arc::new(
+        tenfold_store::flags::FlagTable::connect(&db.url, Duration::from_secs(15))
+            .await
+            .expect("open the flag table"),
+    );
     let queue = std::sync::Arc::new(
         tenfold_store::queue::JobQueue::connect(&db.url, Duration::from_secs(15))
             .await
@@ -239,13 +247,14 @@ pub async fn spawn_app_with_jobs(db: &TestDb) -> JobsApp {
         HttpConfig::default(),
         &CacheConfig::default(),
         None,
-        Some((queue.clone(), blobs.clone())),
+        Some((queue.clone(), blobs.clone(), flags.clone())),
     )
     .await;
     JobsApp {
         app,
         queue,
         blobs,
+        flags,
         _dir: dir,
     }
 }
@@ -258,6 +267,7 @@ async fn spawn_app_parts(
     jobs: Option<(
         std::sync::Arc<tenfold_store::queue::JobQueue>,
         std::sync::Arc<tenfold_blobs::DirBlobs>,
+        std::sync::Arc<tenfold_store::flags::FlagTable>,
     )>,
 ) -> TestApp {
     init_test_log();
@@ -273,9 +283,11 @@ async fn spawn_app_parts(
     if let Some(s) = shards {
         app.set_order_shards(s);
     }
-    if let Some((q, blobs)) = jobs {
+    if let Some((q, blobs, table)) = jobs {
         app.set_job_queue(q);
         app.set_media(blobs, TEST_MAX_UPLOAD);
+        let flags = tenfold_flags::Flags::start((*table).clone(), Duration::from_millis(20)).await;
+        app.set_flags(flags, table);
     }
     let task = tokio::spawn(async move {
         let _ = app

@@ -135,6 +135,14 @@ pub(crate) async fn upload_media(
         serde_json::json!({ "key": stored.key, "product_id": id.get() }),
     );
     job.max_attempts = 5;
+    // Non-essential work: with the renditions flag off the original is stored and recorded as usual,
+    // and its job waits (workers stay free for other work; it runs later without anyone asking).
+    if !app.flags().is_on(
+        &tenfold_flags::RENDITIONS,
+        crate::routes::flags::client_key(&headers),
+    ) {
+        job.run_at_ms = Some(chrono::Utc::now().timestamp_millis() + RENDITIONS_DEFERRED_MS);
+    }
     let (media_id, job) = queue
         .enqueue_media(
             id.get(),
@@ -165,6 +173,9 @@ pub(crate) async fn upload_media(
     Ok(resp)
 }
 
+/// How long an upload's rendition job waits while the renditions flag is off (15 min).
+const RENDITIONS_DEFERRED_MS: i64 = 15 * 60 * 1000;
+
 /// A bulk import of products from CSV (columns `sku`, `name`, `description`, `price_minor`, `currency`,
 /// `stock`, `category`); it runs in the background, reporting progress and row errors on its job.
 #[utoipa::path(
@@ -188,6 +199,8 @@ pub(crate) async fn import_products(
 ) -> ApiResult<Response> {
     let m = media(&app)?;
     let queue = crate::routes::jobs::queue(&app)?;
+    // Sheddable: refused (before the body is read) while the imports flag is off.
+    crate::routes::flags::require(&app, &tenfold_flags::IMPORTS, &headers)?;
     refuse_declared_over(&headers, m.max_upload)?;
     let mut w = m
         .blobs

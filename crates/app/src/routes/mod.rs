@@ -1,6 +1,7 @@
 //! Route handlers, grouped by resource.
 
 pub(crate) mod customers;
+pub(crate) mod flags;
 pub(crate) mod jobs;
 pub(crate) mod media;
 pub(crate) mod ops;

@@ -282,6 +282,13 @@ pub(crate) async fn list_products(
     if !errs.0.is_empty() {
         return Err(ApiError::Validation(errs));
     }
+    // Degradable features, each behind its flag: text search and pages beyond the first.
+    if search.is_some() {
+        crate::routes::flags::require(&app, &tenfold_flags::SEARCH, &headers)?;
+    }
+    if after.is_some() {
+        crate::routes::flags::require(&app, &tenfold_flags::DEEP_PAGES, &headers)?;
+    }
     let limit = limit.unwrap_or(DEFAULT_PAGE);
     let query = ListQuery {
         category,

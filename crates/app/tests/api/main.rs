@@ -6,6 +6,7 @@ mod caching;
 mod concurrency;
 mod customers;
 mod errors;
+mod flags;
 mod fuzz;
 mod helpers;
 mod imports;

@@ -33,7 +33,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Notify;
 
-use super::{now_ms, JobState, QueuePool};
+use super::{now_ms, on_queue, JobState, QueuePool};
 use crate::StoreError;
 
 /// Where the NATS backend publishes and how its consumers behave.
