@@ -5,11 +5,10 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 #![allow(clippy::disallowed_methods)] // drives real processes
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tenfold_test_support::{engines, TestDb, TEST_API_KEY};
+use tenfold_test_support::{engines, run_ok, serve_printing_addr, Served, TestDb, TEST_API_KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenfold");
 
@@ -24,34 +23,12 @@ fn tenfold(db: &str) -> Command {
     c
 }
 
-struct App {
-    child: Child,
-    base: String,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_app(db: &str, media: &std::path::Path) -> App {
-    let mut child = tenfold(db)
-        .env("TENFOLD_MEDIA__DIR", media)
-        .args(["app", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    App {
-        child,
-        base: format!("http://{}", line.trim()),
-    }
+fn start_app(db: &str, media: &std::path::Path) -> Served {
+    serve_printing_addr(tenfold(db).env("TENFOLD_MEDIA__DIR", media).args([
+        "app",
+        "--listen",
+        "127.0.0.1:0",
+    ]))
 }
 
 async fn search_status(base: &str) -> u16 {
@@ -72,20 +49,13 @@ async fn a_flag_change_reaches_every_instance() {
         let db = TestDb::new(engine).await;
         db.store().await; // migrates before three processes open it
         let media = tempfile::tempdir().unwrap();
-        let apps: Vec<App> = (0..3).map(|_| start_app(&db.url, media.path())).collect();
+        let apps: Vec<Served> = (0..3).map(|_| start_app(&db.url, media.path())).collect();
         for a in &apps {
             assert_eq!(search_status(&a.base).await, 200);
         }
-        let out = tenfold(&db.url)
-            .args(["flags", "set", "search", "--off", "--note", "test"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "search is off");
+        let out =
+            run_ok(tenfold(&db.url).args(["flags", "set", "search", "--off", "--note", "test"]));
+        assert_eq!(out.trim(), "search is off");
         let set_at = Instant::now();
         let mut took = Vec::new();
         for a in &apps {
@@ -99,18 +69,13 @@ async fn a_flag_change_reaches_every_instance() {
             took.push(set_at.elapsed());
         }
         eprintln!("{engine:?}: the change reached the three instances after {took:?}");
-        let list = tenfold(&db.url).args(["flags", "list"]).output().unwrap();
-        let list = String::from_utf8_lossy(&list.stdout).into_owned();
+        let list = run_ok(tenfold(&db.url).args(["flags", "list"]));
         assert!(
             list.lines()
                 .any(|l| l.starts_with("search ") && l.contains("false") && l.contains("set")),
             "{list}"
         );
-        let out = tenfold(&db.url)
-            .args(["flags", "unset", "search"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
+        run_ok(tenfold(&db.url).args(["flags", "unset", "search"]));
         for a in &apps {
             let t = Instant::now();
             while search_status(&a.base).await != 200 {

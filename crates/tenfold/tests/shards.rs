@@ -4,14 +4,13 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tenfold_store::shards::bucket_of;
-use tenfold_test_support::{PgCluster, TEST_API_KEY};
+use tenfold_test_support::{run_ok, serve_printing_addr, PgCluster, Served, TEST_API_KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenfold");
 
@@ -31,37 +30,12 @@ fn tenfold(cluster: &PgCluster) -> Command {
     c
 }
 
-struct App(Child, String);
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_app(cluster: &PgCluster) -> App {
-    let mut child = tenfold(cluster)
-        .args(["app", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    App(child, format!("http://{}", line.trim()))
+fn start_app(cluster: &PgCluster) -> Served {
+    serve_printing_addr(tenfold(cluster).args(["app", "--listen", "127.0.0.1:0"]))
 }
 
 fn run(cluster: &PgCluster, args: &[&str]) -> String {
-    let out = tenfold(cluster).args(args).output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    assert!(out.status.success(), "tenfold {args:?}: {stderr}");
-    stdout
+    run_ok(tenfold(cluster).args(args))
 }
 
 async fn token(http: &reqwest::Client, base: &str, customer: i64) -> String {
@@ -92,7 +66,7 @@ async fn a_bucket_moves_and_back_under_order_load_with_no_error_and_no_lost_or_d
     let http = reqwest::Client::new();
     let stock = 1_000_000;
     let r = http
-        .patch(format!("{}/api/products/1", apps[0].1))
+        .patch(format!("{}/api/products/1", apps[0].base))
         .bearer_auth(TEST_API_KEY)
         .json(&serde_json::json!({ "stock": stock }))
         .send()
@@ -116,7 +90,7 @@ async fn a_bucket_moves_and_back_under_order_load_with_no_error_and_no_lost_or_d
     let mut writers = Vec::new();
     for (i, &c) in customers.iter().enumerate() {
         let (http, stop) = (http.clone(), stop.clone());
-        let base = apps[i % 2].1.clone();
+        let base = apps[i % 2].base.clone();
         let tok = token(&http, &base, c).await;
         writers.push(tokio::spawn(async move {
             let (mut ids, mut errors) = (Vec::new(), Vec::new());
@@ -186,7 +160,7 @@ async fn a_bucket_moves_and_back_under_order_load_with_no_error_and_no_lost_or_d
         let mut listed = Vec::new();
         let mut before: Option<i64> = None;
         loop {
-            let mut url = format!("{}/api/customers/{c}/orders?limit=100", apps[1].1);
+            let mut url = format!("{}/api/customers/{c}/orders?limit=100", apps[1].base);
             if let Some(b) = before {
                 url.push_str(&format!("&before={b}"));
             }
@@ -222,7 +196,7 @@ async fn a_bucket_moves_and_back_under_order_load_with_no_error_and_no_lost_or_d
         );
         for (i, id) in ids.iter().enumerate().step_by(25) {
             let r = http
-                .get(format!("{}/api/orders/{id}", apps[i % 2].1))
+                .get(format!("{}/api/orders/{id}", apps[i % 2].base))
                 .bearer_auth(tok)
                 .send()
                 .await
@@ -234,7 +208,7 @@ async fn a_bucket_moves_and_back_under_order_load_with_no_error_and_no_lost_or_d
     let mut left = 0;
     for _ in 0..50 {
         let p: serde_json::Value = http
-            .get(format!("{}/api/products/1", apps[0].1))
+            .get(format!("{}/api/products/1", apps[0].base))
             .send()
             .await
             .unwrap()
