@@ -17,6 +17,7 @@ mod extract;
 mod observe;
 mod routes;
 mod serve;
+mod shed;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -78,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) flags: std::sync::OnceLock<Arc<tenfold_flags::Flags>>,
     /// The flag table the admin routes write to.
     pub(crate) flag_table: std::sync::OnceLock<Arc<tenfold_store::flags::FlagTable>>,
+    /// The adaptive concurrency limit (none with `http.load_shedding = false`).
+    pub(crate) limiter: Option<Arc<tenfold_overload::Limiter>>,
 }
 
 /// Aborts a background task when dropped.
@@ -143,6 +146,14 @@ impl App {
                 media: std::sync::OnceLock::new(),
                 flags: std::sync::OnceLock::new(),
                 flag_table: std::sync::OnceLock::new(),
+                limiter: http.load_shedding.then(|| {
+                    tenfold_overload::Limiter::new(tenfold_overload::LimiterOptions {
+                        initial: http.concurrency_limit_initial,
+                        min: http.concurrency_limit_min,
+                        max: http.concurrency_limit_max,
+                        ..Default::default()
+                    })
+                }),
                 store,
                 api_key: http.api_key.clone(),
                 body_limit: http.body_limit_bytes,
@@ -322,36 +333,40 @@ impl App {
                 );
             }
         }
-        api.route_layer(axum::middleware::from_fn(observe::remember_route))
-            .fallback(|req: Request| async move {
-                ApiError::NotFound(format!(
-                    "there is no resource at {}",
-                    req.uri().path().chars().take(200).collect::<String>()
-                ))
-            })
-            .method_not_allowed_fallback(|req: Request| async move {
-                ApiError::MethodNotAllowed(req.method().to_string())
-            })
-            .layer(DefaultBodyLimit::max(self.inner.body_limit))
-            .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                flags::read_only,
+        api.route_layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            shed::shed,
+        ))
+        .route_layer(axum::middleware::from_fn(observe::remember_route))
+        .fallback(|req: Request| async move {
+            ApiError::NotFound(format!(
+                "there is no resource at {}",
+                req.uri().path().chars().take(200).collect::<String>()
             ))
-            .layer(
-                CompressionLayer::new()
-                    .quality(CompressionLevel::Precise(4))
-                    .compress_when(compress_when),
-            )
-            .layer(CatchPanicLayer::custom(
-                |_: Box<dyn std::any::Any + Send>| -> Response {
-                    ApiError::Internal("a handler panicked".into()).into_response()
-                },
-            ))
-            .layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                observe::observe,
-            ))
-            .with_state(self.clone())
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::MethodNotAllowed(req.method().to_string())
+        })
+        .layer(DefaultBodyLimit::max(self.inner.body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            flags::read_only,
+        ))
+        .layer(
+            CompressionLayer::new()
+                .quality(CompressionLevel::Precise(4))
+                .compress_when(compress_when),
+        )
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| -> Response {
+                ApiError::Internal("a handler panicked".into()).into_response()
+            },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            observe::observe,
+        ))
+        .with_state(self.clone())
     }
 
     /// Serves HTTP/1.1 and h2c on `listener` until `shutdown` resolves, then stops accepting and gives

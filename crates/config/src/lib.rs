@@ -331,6 +331,15 @@ pub struct HttpConfig {
     pub shutdown_grace_ms: u64,
     /// Responses smaller than this are not compressed, in bytes.
     pub compression_min_bytes: u16,
+    /// Shed load: an adaptive concurrency limit (Gradient2) refuses the least critical requests first
+    /// with 503 and Retry-After, before reading their bodies.
+    pub load_shedding: bool,
+    /// The concurrency limit at start.
+    pub concurrency_limit_initial: u32,
+    /// The concurrency limit never falls below this.
+    pub concurrency_limit_min: u32,
+    /// Nor rises above this.
+    pub concurrency_limit_max: u32,
 }
 
 /// Settings of the database.
@@ -419,6 +428,10 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 5_000,
             shutdown_grace_ms: 10_000,
             compression_min_bytes: 512,
+            load_shedding: true,
+            concurrency_limit_initial: 100,
+            concurrency_limit_min: 8,
+            concurrency_limit_max: 1_000,
         }
     }
 }
@@ -682,6 +695,17 @@ impl Config {
                     "must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379",
                 );
             }
+        }
+        let h = &self.http;
+        if !(1..=100_000).contains(&h.concurrency_limit_min)
+            || h.concurrency_limit_min > h.concurrency_limit_initial
+            || h.concurrency_limit_initial > h.concurrency_limit_max
+            || h.concurrency_limit_max > 100_000
+        {
+            return invalid(
+                "http.concurrency_limit_initial",
+                "the concurrency limits must satisfy 1 <= min <= initial <= max <= 100000",
+            );
         }
         let j = &self.jobs;
         if let Some(u) = &j.nats_url {

@@ -154,12 +154,7 @@ async fn a_thousand_concurrent_misses_of_one_key_read_the_database_once() {
     tenfold_seed::seed(&real, 20, 1, false).await.unwrap();
     // Each read takes 200 ms, so every request arrives while the first read is in flight.
     let counting = CountingStore::slow(real, Duration::from_millis(200));
-    let app = spawn_app_on(
-        counting.clone(),
-        HttpConfig::default(),
-        &CacheConfig::default(),
-    )
-    .await;
+    let app = spawn_app_on(counting.clone(), unshed(), &CacheConfig::default()).await;
     let clients = h2_clients(4);
     for (path, status) in [
         ("/api/products/7", StatusCode::OK),
@@ -397,8 +392,8 @@ async fn with_redis_a_thousand_misses_over_two_instances_read_the_database_once(
     tenfold_seed::seed(&real, 20, 1, false).await.unwrap();
     // 100 ms per read: well inside the 300 ms another instance waits on the lease.
     let counting = CountingStore::slow(real, Duration::from_millis(100));
-    let a = spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await;
-    let b = spawn_app_on(counting.clone(), HttpConfig::default(), &cache).await;
+    let a = spawn_app_on(counting.clone(), unshed(), &cache).await;
+    let b = spawn_app_on(counting.clone(), unshed(), &cache).await;
     // Both connect to Redis in the background.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let clients = h2_clients(4);
@@ -576,4 +571,13 @@ async fn a_compressed_representation_has_a_weak_entity_tag() {
         assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{tag}");
     }
     app.stop().await;
+}
+
+/// Settings without load shedding: these tests send a thousand requests at once to test coalescing,
+/// which an adaptive concurrency limit would (rightly) shed.
+fn unshed() -> HttpConfig {
+    HttpConfig {
+        load_shedding: false,
+        ..HttpConfig::default()
+    }
 }

@@ -13,6 +13,7 @@ mod imports;
 mod jobs;
 mod media;
 mod orders;
+mod overload;
 mod protocol;
 mod replicas;
 mod routes;

@@ -1,0 +1,107 @@
+//! Load shedding by criticality: every routed request gets a class from its route (a request may lower
+//! it with `X-Criticality`, never raise it) and must get a permit from the instance's adaptive
+//! concurrency limit (`tenfold_overload`) before its handler runs, so a shed request costs no body
+//! read, no database work and no allocation beyond its 503.
+
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tenfold_overload::Criticality;
+
+use crate::{ApiError, App};
+
+/// The class of a route (`None`: never shed — health, metrics, the flag switches operators need most
+/// when the service is overloaded).
+pub(crate) fn class_of(method: &Method, route: &str) -> Option<Criticality> {
+    use Criticality::*;
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    Some(match route {
+        "/healthz" | "/readyz" | "/metrics" | "/api/openapi.json" => return None,
+        r if r.starts_with("/api/admin/flags") => return None,
+        // The core: a product page, placing and reading an order, a customer's identity.
+        "/api/products/{id}" if read => Critical,
+        "/api/orders" | "/api/orders/{id}" => Critical,
+        "/api/customers/{id}/tokens" | "/api/customers/me" => Critical,
+        // Lists, search, catalog edits, uploads: the service is still useful without them for a while.
+        "/api/products" | "/api/products/{id}" | "/api/categories" => Degradable,
+        "/api/customers/{id}/orders" | "/api/products/{id}/media" => Degradable,
+        // Bulk work, job polling, reports: first to go.
+        "/api/imports" | "/api/admin/jobs" | "/api/admin/revenue" => Sheddable,
+        r if r.starts_with("/api/jobs/") => Sheddable,
+        _ => Degradable,
+    })
+}
+
+/// The `X-Criticality` a client sent, if it names a class.
+fn requested(req: &Request) -> Option<Criticality> {
+    req.headers()
+        .get("x-criticality")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Criticality::parse)
+}
+
+/// Admits the request under the concurrency limit or answers 503 with Retry-After at once.
+pub(crate) async fn shed(State(app): State<App>, req: Request, next: Next) -> Response {
+    let Some(limiter) = &app.inner.limiter else {
+        return next.run(req).await;
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str())
+        .unwrap_or("");
+    let Some(class) = class_of(req.method(), route) else {
+        return next.run(req).await;
+    };
+    let class = class.lowered_to(requested(&req));
+    match limiter.try_acquire(class) {
+        Ok(permit) => {
+            let resp = next.run(req).await;
+            // Only outcomes feed the limit: a failure (a dependency down, a deadline) says nothing
+            // about how much work this instance can take.
+            if resp.status().is_server_error() {
+                drop(permit);
+            } else {
+                permit.record();
+            }
+            resp
+        }
+        Err(s) => ApiError::Unavailable {
+            detail: format!(
+                "overloaded: this {} request was shed ({} requests in flight, limit {}); critical requests are served first",
+                s.class.as_str(),
+                s.inflight,
+                s.limit
+            ),
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_have_the_classes_the_issue_names() {
+        use Criticality::*;
+        assert_eq!(class_of(&Method::GET, "/api/products/{id}"), Some(Critical));
+        assert_eq!(class_of(&Method::POST, "/api/orders"), Some(Critical));
+        assert_eq!(class_of(&Method::GET, "/api/products"), Some(Degradable));
+        assert_eq!(
+            class_of(&Method::PATCH, "/api/products/{id}"),
+            Some(Degradable)
+        );
+        assert_eq!(class_of(&Method::POST, "/api/imports"), Some(Sheddable));
+        assert_eq!(
+            class_of(&Method::GET, "/api/jobs/{id}/events"),
+            Some(Sheddable)
+        );
+        assert_eq!(class_of(&Method::GET, "/healthz"), None);
+        assert_eq!(class_of(&Method::PUT, "/api/admin/flags/{name}"), None);
+    }
+}

@@ -1,0 +1,385 @@
+//! Role: overload control for one instance, the load-shedding half of the graceful-degradation factor.
+//! Each request has a [`Criticality`]; a [`Limiter`] admits it while the requests in flight are under
+//! its class's share of an adaptive concurrency limit, so that as load rises sheddable requests are
+//! refused first, degradable ones next and critical ones last. The limit follows latency with Netflix's
+//! Gradient2 algorithm ([`Gradient2`]): it grows while the latency stays near its long-term average and
+//! shrinks as queueing makes it rise, so the instance keeps just enough work in flight to stay fast.
+//!
+//! Invariants: admission is a few atomic operations (a refused request costs nothing else, so shedding
+//! stays cheap at ten times capacity); a [`Permit`] is released exactly once, on drop; only requests
+//! that ran to an outcome feed the limit ([`Permit::record`]), and a class can never use more than its
+//! share, so critical requests always find room a sheddable flood cannot take.
+//!
+//! Entry points: [`Limiter::new`], [`Limiter::try_acquire`], [`Criticality`], [`Gradient2`].
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How much a request matters when the instance is overloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Criticality {
+    /// Shed first: imports, anything a background page polls.
+    Sheddable = 0,
+    /// Shed next: search, lists.
+    Degradable = 1,
+    /// Shed last: product reads, order placement.
+    Critical = 2,
+}
+
+impl Criticality {
+    /// All classes, least critical first.
+    pub const ALL: [Criticality; 3] = [
+        Criticality::Sheddable,
+        Criticality::Degradable,
+        Criticality::Critical,
+    ];
+
+    /// The name used in headers and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Criticality::Sheddable => "sheddable",
+            Criticality::Degradable => "degradable",
+            Criticality::Critical => "critical",
+        }
+    }
+
+    /// Parses a class name (case-insensitive).
+    pub fn parse(s: &str) -> Option<Criticality> {
+        Criticality::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// The class of a request whose route has class `self` and that asked for `requested`: a request
+    /// may lower its class, never raise it.
+    pub fn lowered_to(self, requested: Option<Criticality>) -> Criticality {
+        requested.map_or(self, |r| r.min(self))
+    }
+}
+
+/// Netflix's Gradient2 concurrency limit: after each sample, with a long-term exponential average of the
+/// latency (`long`) and the sample (`short`), `gradient = clamp(tolerance × long / short, 0.5, 1)` and
+/// `limit ← (1 − s) × limit + s × (limit × gradient + queue)`, within `[min, max]`. While latency stays
+/// within `tolerance` of its average the gradient is 1 and the limit grows by `queue` per sample (scaled by
+/// the smoothing `s`); as queueing raises latency the gradient falls and the limit shrinks. The limit does
+/// not grow while less than half of it is in use (the load, not the limit, decides then); and when the
+/// long average is more than twice the sample it decays, so that after an overload ends the limit is not
+/// held down by a stale average.
+#[derive(Debug, Clone)]
+pub struct Gradient2 {
+    limit: f64,
+    min: f64,
+    max: f64,
+    smoothing: f64,
+    tolerance: f64,
+    /// Long-term average latency in seconds (0 before the first sample).
+    long: f64,
+    samples: u64,
+    window: f64,
+}
+
+impl Gradient2 {
+    /// Starts at `initial` within `[min, max]`, with Netflix's defaults: smoothing 0.2, tolerance 1.5,
+    /// a long-term window of 600 samples (the first 10 averaged plainly).
+    pub fn new(initial: u32, min: u32, max: u32) -> Gradient2 {
+        let (min, max) = (f64::from(min.max(1)), f64::from(max.max(min.max(1))));
+        Gradient2 {
+            limit: f64::from(initial).clamp(min, max),
+            min,
+            max,
+            smoothing: 0.2,
+            tolerance: 1.5,
+            long: 0.0,
+            samples: 0,
+            window: 600.0,
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> f64 {
+        self.limit
+    }
+
+    /// Feeds one request's latency, with how many requests were in flight when it started; returns
+    /// the new limit.
+    pub fn sample(&mut self, rtt: Duration, inflight: usize) -> f64 {
+        let short = rtt.as_secs_f64().max(1e-6);
+        self.samples += 1;
+        self.long = if self.samples <= 10 {
+            // Warm-up: a plain average of the first samples.
+            self.long + (short - self.long) / self.samples as f64
+        } else {
+            self.long + (short - self.long) * (2.0 / (self.window + 1.0))
+        };
+        if self.long / short > 2.0 {
+            self.long *= 0.95;
+        }
+        if (inflight as f64) < self.limit / 2.0 {
+            return self.limit;
+        }
+        let gradient = (self.tolerance * self.long / short).clamp(0.5, 1.0);
+        let queue = self.limit.sqrt().max(1.0);
+        let next = self.limit * gradient + queue;
+        self.limit =
+            (self.limit * (1.0 - self.smoothing) + next * self.smoothing).clamp(self.min, self.max);
+        self.limit
+    }
+}
+
+/// How a [`Limiter`] behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct LimiterOptions {
+    /// The limit at start.
+    pub initial: u32,
+    /// The limit never goes below this.
+    pub min: u32,
+    /// Nor above this.
+    pub max: u32,
+    /// The share of the limit each class may fill, least critical first (critical: all of it).
+    pub shares: [f64; 3],
+}
+
+impl Default for LimiterOptions {
+    /// 100 at start, between 8 and 1,000; sheddable requests may fill half of the limit, degradable
+    /// ones three quarters, critical ones all of it.
+    fn default() -> Self {
+        LimiterOptions {
+            initial: 100,
+            min: 8,
+            max: 1_000,
+            shares: [0.5, 0.75, 1.0],
+        }
+    }
+}
+
+/// The adaptive concurrency limit of one instance.
+#[derive(Debug)]
+pub struct Limiter {
+    inflight: AtomicUsize,
+    /// The limit as an integer, read on every admission.
+    limit: AtomicUsize,
+    algo: Mutex<Gradient2>,
+    shares: [f64; 3],
+    shed: [AtomicU64; 3],
+}
+
+/// The reason a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shed {
+    /// The request's class.
+    pub class: Criticality,
+    /// The limit when it was refused.
+    pub limit: usize,
+    /// Requests in flight then.
+    pub inflight: usize,
+}
+
+impl Limiter {
+    /// A limiter with `opts`.
+    pub fn new(opts: LimiterOptions) -> Arc<Limiter> {
+        let algo = Gradient2::new(opts.initial, opts.min, opts.max);
+        let limit = algo.limit() as usize;
+        metrics::gauge!("concurrency_limit").set(limit as f64);
+        Arc::new(Limiter {
+            inflight: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit),
+            algo: Mutex::new(algo),
+            shares: opts.shares,
+            shed: Default::default(),
+        })
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused so far, per class (least critical first).
+    pub fn shed_counts(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.shed[i].load(Ordering::Relaxed))
+    }
+
+    /// How many requests of `class` may be in flight at the current limit (at least 1).
+    pub fn room(&self, class: Criticality) -> usize {
+        ((self.limit() as f64 * self.shares[class as usize]).floor() as usize).max(1)
+    }
+
+    /// Admits a request of `class` if the requests in flight are under its share of the limit.
+    pub fn try_acquire(self: &Arc<Self>, class: Criticality) -> Result<Permit, Shed> {
+        let room = self.room(class);
+        let mut current = self.inflight.load(Ordering::Relaxed);
+        loop {
+            if current >= room {
+                self.shed[class as usize].fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("requests_shed_total", "class" => class.as_str()).increment(1);
+                return Err(Shed {
+                    class,
+                    limit: self.limit(),
+                    inflight: current,
+                });
+            }
+            match self.inflight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ok(Permit {
+                        limiter: self.clone(),
+                        started: Instant::now(),
+                        inflight: current + 1,
+                    })
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    fn sample(&self, rtt: Duration, inflight: usize) {
+        let mut algo = self
+            .algo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let limit = algo.sample(rtt, inflight) as usize;
+        if self.limit.swap(limit, Ordering::Relaxed) != limit {
+            metrics::gauge!("concurrency_limit").set(limit as f64);
+        }
+    }
+}
+
+/// A request in flight; released when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    limiter: Arc<Limiter>,
+    started: Instant,
+    inflight: usize,
+}
+
+impl Permit {
+    /// Feeds this request's latency to the limit (call when it ran to an outcome, not when it was
+    /// cut short or failed fast), then releases it.
+    pub fn record(self) {
+        self.limiter.sample(self.started.elapsed(), self.inflight);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limiter.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_class_can_only_be_lowered() {
+        use Criticality::*;
+        assert_eq!(Critical.lowered_to(Some(Sheddable)), Sheddable);
+        assert_eq!(Sheddable.lowered_to(Some(Critical)), Sheddable);
+        assert_eq!(Degradable.lowered_to(None), Degradable);
+        assert_eq!(Criticality::parse(" Sheddable "), Some(Sheddable));
+        assert_eq!(Criticality::parse("urgent"), None);
+    }
+
+    #[test]
+    fn the_limit_grows_at_steady_latency_and_shrinks_when_latency_rises() {
+        let mut g = Gradient2::new(20, 5, 500);
+        for _ in 0..200 {
+            g.sample(ms(10), 20usize.max(g.limit() as usize));
+        }
+        let grown = g.limit();
+        assert!(
+            grown > 60.0,
+            "steady latency, busy: the limit grows ({grown})"
+        );
+        // Queueing: latency four times its average for a while.
+        for _ in 0..60 {
+            g.sample(ms(40), g.limit() as usize);
+        }
+        let shrunk = g.limit();
+        assert!(shrunk < grown / 2.0, "{grown} → {shrunk}");
+        // Latency back to normal: the limit recovers.
+        for _ in 0..300 {
+            g.sample(ms(10), g.limit() as usize);
+        }
+        assert!(g.limit() > shrunk * 2.0, "{shrunk} → {}", g.limit());
+    }
+
+    #[test]
+    fn an_idle_instance_does_not_grow_its_limit() {
+        let mut g = Gradient2::new(20, 5, 500);
+        for _ in 0..500 {
+            g.sample(ms(10), 2);
+        }
+        assert_eq!(g.limit(), 20.0);
+    }
+
+    #[test]
+    fn the_limit_stays_within_its_bounds() {
+        let mut g = Gradient2::new(20, 10, 30);
+        for _ in 0..500 {
+            g.sample(ms(1), 1000);
+        }
+        assert_eq!(g.limit(), 30.0);
+        // Latency rising without end (a queue that only grows): the limit falls to its floor.
+        for i in 0..300 {
+            g.sample(Duration::from_secs_f64(0.001 * 1.03f64.powi(i)), 1000);
+        }
+        assert_eq!(g.limit(), 10.0);
+    }
+
+    #[test]
+    fn sheddable_requests_are_refused_first_and_critical_ones_last() {
+        let l = Limiter::new(LimiterOptions {
+            initial: 8,
+            min: 8,
+            max: 8,
+            shares: [0.5, 0.75, 1.0],
+        });
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(l.try_acquire(Criticality::Sheddable).unwrap());
+        }
+        assert!(l.try_acquire(Criticality::Sheddable).is_err(), "half of 8");
+        for _ in 0..2 {
+            held.push(l.try_acquire(Criticality::Degradable).unwrap());
+        }
+        assert!(l.try_acquire(Criticality::Degradable).is_err(), "3/4 of 8");
+        for _ in 0..2 {
+            held.push(l.try_acquire(Criticality::Critical).unwrap());
+        }
+        let e = l.try_acquire(Criticality::Critical).unwrap_err();
+        assert_eq!((e.limit, e.inflight), (8, 8));
+        assert_eq!(l.shed_counts(), [1, 1, 1]);
+        drop(held.pop());
+        assert!(l.try_acquire(Criticality::Critical).is_ok());
+        held.clear();
+        assert_eq!(l.inflight(), 0, "every permit released once");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_limit_is_always_within_bounds_and_finite(
+            samples in proptest::collection::vec((1u64..5_000, 0usize..2_000), 1..400),
+        ) {
+            let mut g = Gradient2::new(32, 8, 1_000);
+            for (us, inflight) in samples {
+                let l = g.sample(Duration::from_micros(us), inflight);
+                proptest::prop_assert!(l.is_finite() && (8.0..=1_000.0).contains(&l), "{}", l);
+            }
+        }
+    }
+}
