@@ -404,7 +404,12 @@ impl App {
             .get()
             .cloned()
             .map(|q| AbortOnDrop(tokio::spawn(routes::jobs::publish_gauges(q))));
+        let ladder = (self.inner.http.degradation)
+            .then(|| self.inner.limiter.clone())
+            .flatten()
+            .map(|limiter| AbortOnDrop(tokio::spawn(shed::run_ladder(self.clone(), limiter))));
         let served = serve::serve(self.router(), listener, shutdown, &self.inner.http).await;
+        drop(ladder);
         drop(reconciler);
         drop(gauges);
         served

@@ -69,16 +69,86 @@ pub(crate) async fn shed(State(app): State<App>, req: Request, next: Next) -> Re
             }
             resp
         }
-        Err(s) => ApiError::Unavailable {
-            detail: format!(
-                "overloaded: this {} request was shed ({} requests in flight, limit {}); critical requests are served first",
-                s.class.as_str(),
-                s.inflight,
-                s.limit
-            ),
-            retry_after: Duration::from_secs(1),
+        Err(s) => {
+            let mut resp = ApiError::Unavailable {
+                detail: format!(
+                    "overloaded: this {} request was shed ({} requests in flight, limit {}); critical requests are served first",
+                    s.class.as_str(),
+                    s.inflight,
+                    s.limit
+                ),
+                retry_after: Duration::from_secs(1),
+            }
+            .into_response();
+            // Tells a load balancer that this request was shed, not that the instance is down: it
+            // should neither eject the instance nor stop sending it other requests.
+            resp.headers_mut().insert(
+                tenfold_http::X_LOAD_SHED.clone(),
+                axum::http::HeaderValue::from_static(s.class.as_str()),
+            );
+            resp
         }
-        .into_response(),
+    }
+}
+
+/// The features each step of the degradation ladder turns off (cumulative).
+pub(crate) const LADDER: [&[tenfold_flags::Flag]; 3] = [
+    &[tenfold_flags::DEEP_PAGES],
+    &[tenfold_flags::DEEP_PAGES, tenfold_flags::SEARCH],
+    &[
+        tenfold_flags::DEEP_PAGES,
+        tenfold_flags::SEARCH,
+        tenfold_flags::IMPORTS,
+        tenfold_flags::RENDITIONS,
+    ],
+];
+
+/// Every 250 ms: the share of requests shed since the last tick and the limit in use feed the
+/// degradation ladder; a step turns this instance's degradable features off (or back on), logged with
+/// its reason.
+pub(crate) async fn run_ladder(app: App, limiter: std::sync::Arc<tenfold_overload::Limiter>) {
+    let http = &app.inner.http;
+    let mut ladder = tenfold_overload::Ladder::new(tenfold_overload::LadderOptions {
+        steps: LADDER.len(),
+        up_after: Duration::from_millis(http.degrade_after_ms),
+        down_after: Duration::from_millis(http.recover_after_ms),
+        ..Default::default()
+    });
+    metrics::gauge!("degradation_step").set(0.0);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let (mut admitted, mut shed) = (
+        limiter.admitted(),
+        limiter.shed_counts().iter().sum::<u64>(),
+    );
+    loop {
+        tick.tick().await;
+        let (a, s) = (
+            limiter.admitted(),
+            limiter.shed_counts().iter().sum::<u64>(),
+        );
+        let (da, ds) = (a - admitted, s - shed);
+        (admitted, shed) = (a, s);
+        let pressure = tenfold_overload::Pressure {
+            shed_ratio: if da + ds == 0 {
+                0.0
+            } else {
+                ds as f64 / (da + ds) as f64
+            },
+            utilization: limiter.inflight() as f64 / limiter.limit().max(1) as f64,
+        };
+        if let Some(step) = ladder.observe(std::time::Instant::now(), pressure) {
+            let off: &[tenfold_flags::Flag] = match step.to {
+                0 => &[],
+                n => LADDER[n - 1],
+            };
+            app.flags().set_auto_off(off);
+            let names: Vec<&str> = off.iter().map(|f| f.name).collect();
+            if step.to > step.from {
+                tracing::warn!(step = step.to, reason = %step.reason, off = ?names, "degrading: features turned off");
+            } else {
+                tracing::info!(step = step.to, reason = %step.reason, off = ?names, "recovering: features turned back on");
+            }
+        }
     }
 }
 

@@ -340,6 +340,13 @@ pub struct HttpConfig {
     pub concurrency_limit_min: u32,
     /// Nor rises above this.
     pub concurrency_limit_max: u32,
+    /// The degradation ladder: while the instance sheds, turn degradable features off a step at a
+    /// time (deep pages; then search; then imports and renditions), and back on when it is calm.
+    pub degradation: bool,
+    /// Shedding this long climbs a step, in milliseconds.
+    pub degrade_after_ms: u64,
+    /// Calm this long climbs down a step, in milliseconds.
+    pub recover_after_ms: u64,
 }
 
 /// Settings of the database.
@@ -432,6 +439,9 @@ impl Default for HttpConfig {
             concurrency_limit_initial: 100,
             concurrency_limit_min: 8,
             concurrency_limit_max: 1_000,
+            degradation: true,
+            degrade_after_ms: 1_000,
+            recover_after_ms: 10_000,
         }
     }
 }
@@ -706,6 +716,14 @@ impl Config {
                 "http.concurrency_limit_initial",
                 "the concurrency limits must satisfy 1 <= min <= initial <= max <= 100000",
             );
+        }
+        for (field, v) in [
+            ("http.degrade_after_ms", h.degrade_after_ms),
+            ("http.recover_after_ms", h.recover_after_ms),
+        ] {
+            if !(100..=3_600_000).contains(&v) {
+                return invalid(field, "must be between 100 ms and one hour");
+            }
         }
         let j = &self.jobs;
         if let Some(u) = &j.nats_url {

@@ -93,6 +93,8 @@ struct Snapshot {
 pub struct Flags {
     snapshot: ArcSwap<Snapshot>,
     stale: AtomicBool,
+    /// Flags the degradation ladder has turned off on this instance (whatever the table says).
+    auto_off: ArcSwap<Vec<&'static str>>,
 }
 
 impl Flags {
@@ -104,6 +106,7 @@ impl Flags {
                 flags: HashMap::new(),
             }),
             stale: AtomicBool::new(false),
+            auto_off: ArcSwap::from_pointee(Vec::new()),
         })
     }
 
@@ -176,6 +179,9 @@ impl Flags {
     /// Unset: its default. Set off: off. Set on: on, or for a percentage rollout, on when the client's
     /// [`bucket`] is below the percentage (without a client key: only at 100%).
     pub fn is_on(&self, flag: &Flag, client: Option<&str>) -> bool {
+        if self.is_auto_off(flag) {
+            return false;
+        }
         let s = self.snapshot.load();
         match s.flags.get(flag.name) {
             None => flag.default,
@@ -186,6 +192,25 @@ impl Flags {
                 Some(p) => client.is_some_and(|c| bucket(flag.name, c) < p),
             },
         }
+    }
+
+    /// Turns `flags` off on this instance, whatever the table says, and every other flag back to the
+    /// table's value (the degradation ladder's lever).
+    pub fn set_auto_off(&self, flags: &[Flag]) {
+        self.auto_off
+            .store(Arc::new(flags.iter().map(|f| f.name).collect()));
+        for f in KNOWN {
+            metrics::gauge!("flag_auto_off", "flag" => f.name).set(if flags.contains(f) {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+
+    /// Whether the degradation ladder has turned `flag` off here.
+    pub fn is_auto_off(&self, flag: &Flag) -> bool {
+        self.auto_off.load().contains(&flag.name)
     }
 
     /// The flags as set in the table (unset ones are at their default), as of [`Flags::version`].
@@ -277,6 +302,12 @@ mod tests {
             }
         }
         set(true, None);
+        assert!(f.is_on(&SEARCH, None));
+        // The ladder's override beats the table, and lifts.
+        f.set_auto_off(&[SEARCH]);
+        assert!(!f.is_on(&SEARCH, None) && f.is_auto_off(&SEARCH));
+        assert!(f.is_on(&IMPORTS, None));
+        f.set_auto_off(&[]);
         assert!(f.is_on(&SEARCH, None));
     }
 }

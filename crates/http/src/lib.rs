@@ -37,6 +37,11 @@ pub struct ServerLimits {
 /// Media type of RFC 9457 problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
+/// On a 503: this request was shed by the server's overload control (the value is its class); the
+/// server is up and takes other requests. A load balancer neither ejects nor backs off from it, and may
+/// retry the request elsewhere within its retry budget.
+pub static X_LOAD_SHED: http::HeaderName = http::HeaderName::from_static("x-load-shed");
+
 /// Serializes a minimal RFC 9457 problem document.
 pub fn problem_body(
     status: u16,

@@ -244,6 +244,12 @@ impl Backend {
         n >= cfg.consecutive_failures && !self.is_ejected()
     }
 
+    /// Records a request the backend shed (overloaded, not failing): peak-EWMA counts it as slow, so
+    /// power-of-two-choices sends it less, but it is not a failure towards ejection.
+    pub(crate) fn observe_shed(&self, latency: Duration) {
+        self.observe_latency(latency.max(Duration::from_millis(50)) * 2);
+    }
+
     /// Ejects for `base × ejections so far`, capped; the backend warms up again after.
     pub(crate) fn eject(&self, cfg: &OutlierConfig) -> Duration {
         let k = self.ejections.fetch_add(1, Ordering::Relaxed) + 1;

@@ -180,7 +180,13 @@ impl Picker {
         }
         match &self.algorithm {
             Algorithm::RoundRobin => {
-                let start = self.rr.fetch_add(1, Ordering::Relaxed);
+                // A retry takes the next backend without moving the rotation, so retries away from a
+                // failing backend do not hand it the next first attempts too.
+                let start = if tried.is_empty() {
+                    self.rr.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    self.rr.load(Ordering::Relaxed)
+                };
                 (0..n).map(|k| (start + k) % n).find(|&i| ok(i))
             }
             Algorithm::WeightedRoundRobin => {

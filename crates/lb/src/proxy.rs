@@ -353,12 +353,23 @@ pub(crate) async fn handle(
         let resp = sent;
         let upstream = started.elapsed();
         let status = resp.status();
+        // A shed request (the backend's overload control refused it, X-Load-Shed) says the backend is
+        // busy, not down: it steers load away (a latency penalty) without ejecting the backend or
+        // honouring its Retry-After for every request (that is the client's to honour).
+        let shed = status == StatusCode::SERVICE_UNAVAILABLE
+            && resp.headers().contains_key(&tenfold_http::X_LOAD_SHED);
         if let Some(d) = retry_after(resp.headers()).filter(|_| {
-            status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS
+            !shed
+                && (status == StatusCode::SERVICE_UNAVAILABLE
+                    || status == StatusCode::TOO_MANY_REQUESTS)
         }) {
             backend.back_off(d);
         }
-        if status.is_server_error() {
+        if shed {
+            backend.observe_shed(upstream);
+            metrics::counter!("lb_backend_shed_total", "backend" => backend.addr.to_string())
+                .increment(1);
+        } else if status.is_server_error() {
             shared.record_failure(&backend, upstream, "status");
         } else {
             backend.observe_success(upstream);

@@ -10,7 +10,10 @@
 //! that ran to an outcome feed the limit ([`Permit::record`]), and a class can never use more than its
 //! share, so critical requests always find room a sheddable flood cannot take.
 //!
-//! Entry points: [`Limiter::new`], [`Limiter::try_acquire`], [`Criticality`], [`Gradient2`].
+//! A [`Ladder`] turns sustained shedding into degradation steps (each turns more degradable features
+//! off) and back, with hysteresis.
+//!
+//! Entry points: [`Limiter::new`], [`Limiter::try_acquire`], [`Criticality`], [`Gradient2`], [`Ladder`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -162,6 +165,7 @@ pub struct Limiter {
     algo: Mutex<Gradient2>,
     shares: [f64; 3],
     shed: [AtomicU64; 3],
+    admitted: AtomicU64,
 }
 
 /// The reason a request was refused.
@@ -187,6 +191,7 @@ impl Limiter {
             algo: Mutex::new(algo),
             shares: opts.shares,
             shed: Default::default(),
+            admitted: AtomicU64::new(0),
         })
     }
 
@@ -198,6 +203,11 @@ impl Limiter {
     /// Requests in flight.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Requests admitted so far.
+    pub fn admitted(&self) -> u64 {
+        self.admitted.load(Ordering::Relaxed)
     }
 
     /// Requests refused so far, per class (least critical first).
@@ -231,11 +241,12 @@ impl Limiter {
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
+                    self.admitted.fetch_add(1, Ordering::Relaxed);
                     return Ok(Permit {
                         limiter: self.clone(),
                         started: Instant::now(),
                         inflight: current + 1,
-                    })
+                    });
                 }
                 Err(now) => current = now,
             }
@@ -273,6 +284,132 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limiter.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the degradation ladder looks at, over the last tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    /// Requests refused over requests seen (0 with no requests).
+    pub shed_ratio: f64,
+    /// Requests in flight over the limit, now.
+    pub utilization: f64,
+}
+
+/// When the ladder steps.
+#[derive(Debug, Clone, Copy)]
+pub struct LadderOptions {
+    /// Steps above 0 (each turns more features off).
+    pub steps: usize,
+    /// Shedding at least this share of requests is pressure.
+    pub hot_shed_ratio: f64,
+    /// Pressure this long (since the last step) steps up.
+    pub up_after: Duration,
+    /// No shedding and under half the limit in use this long steps down.
+    pub down_after: Duration,
+}
+
+impl Default for LadderOptions {
+    /// 3 steps; 1% shed is pressure; up after 1 s of it, down after 10 s without.
+    fn default() -> Self {
+        LadderOptions {
+            steps: 3,
+            hot_shed_ratio: 0.01,
+            up_after: Duration::from_secs(1),
+            down_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A step taken, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The step before.
+    pub from: usize,
+    /// The step now.
+    pub to: usize,
+    /// What made it move.
+    pub reason: String,
+}
+
+/// The automatic degradation ladder: step 0 is everything on; while the instance sheds, it climbs a
+/// step every `up_after` (each step turns more degradable features off); once it has shed nothing and
+/// used under half its limit for `down_after`, it climbs down a step, and so on. The two thresholds
+/// and the dwell times are the hysteresis: a load hovering at one threshold does not flap.
+#[derive(Debug, Clone)]
+pub struct Ladder {
+    opts: LadderOptions,
+    step: usize,
+    /// Since when the current condition (hot or calm) has held, and which it is.
+    hot_since: Option<Instant>,
+    calm_since: Option<Instant>,
+    last_move: Option<Instant>,
+}
+
+impl Ladder {
+    /// At step 0.
+    pub fn new(opts: LadderOptions) -> Ladder {
+        Ladder {
+            opts,
+            step: 0,
+            hot_since: None,
+            calm_since: None,
+            last_move: None,
+        }
+    }
+
+    /// The current step.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Feeds one tick's pressure at `now`; returns the step taken, if any.
+    pub fn observe(&mut self, now: Instant, p: Pressure) -> Option<Step> {
+        let hot = p.shed_ratio >= self.opts.hot_shed_ratio;
+        let calm = p.shed_ratio == 0.0 && p.utilization < 0.5;
+        if hot {
+            self.calm_since = None;
+            let since = *self.hot_since.get_or_insert(now);
+            let since = self.last_move.map_or(since, |m| m.max(since));
+            if self.step < self.opts.steps && now.duration_since(since) >= self.opts.up_after {
+                return Some(self.go(
+                    now,
+                    self.step + 1,
+                    format!(
+                        "shedding {:.1}% of requests for {} ms",
+                        p.shed_ratio * 100.0,
+                        now.duration_since(since).as_millis()
+                    ),
+                ));
+            }
+        } else if calm {
+            self.hot_since = None;
+            let since = *self.calm_since.get_or_insert(now);
+            let since = self.last_move.map_or(since, |m| m.max(since));
+            if self.step > 0 && now.duration_since(since) >= self.opts.down_after {
+                return Some(self.go(
+                    now,
+                    self.step - 1,
+                    format!(
+                        "no shedding and under half the limit in use for {} ms",
+                        now.duration_since(since).as_millis()
+                    ),
+                ));
+            }
+        } else {
+            // Between the thresholds: hold, and restart both clocks.
+            self.hot_since = None;
+            self.calm_since = None;
+        }
+        None
+    }
+
+    fn go(&mut self, now: Instant, to: usize, reason: String) -> Step {
+        let from = self.step;
+        self.step = to;
+        self.last_move = Some(now);
+        metrics::gauge!("degradation_step").set(to as f64);
+        Step { from, to, reason }
     }
 }
 
@@ -368,6 +505,52 @@ mod tests {
         assert!(l.try_acquire(Criticality::Critical).is_ok());
         held.clear();
         assert_eq!(l.inflight(), 0, "every permit released once");
+    }
+
+    #[test]
+    fn the_ladder_climbs_under_sustained_shedding_and_comes_down_after_calm() {
+        let mut l = Ladder::new(LadderOptions {
+            steps: 3,
+            hot_shed_ratio: 0.01,
+            up_after: ms(1000),
+            down_after: ms(5000),
+        });
+        let t0 = Instant::now();
+        let at = |n: u64| t0 + ms(n);
+        let hot = Pressure {
+            shed_ratio: 0.2,
+            utilization: 1.0,
+        };
+        let calm = Pressure {
+            shed_ratio: 0.0,
+            utilization: 0.1,
+        };
+        let between = Pressure {
+            shed_ratio: 0.0,
+            utilization: 0.8,
+        };
+        // A blip of shedding shorter than up_after changes nothing.
+        assert!(l.observe(at(0), hot).is_none());
+        assert!(l.observe(at(500), hot).is_none());
+        assert!(l.observe(at(600), between).is_none());
+        assert!(l.observe(at(1200), hot).is_none(), "the clock restarted");
+        // Sustained: a step per second, up to the top.
+        let s = l.observe(at(2200), hot).unwrap();
+        assert_eq!((s.from, s.to), (0, 1));
+        assert!(s.reason.contains("20.0%"), "{}", s.reason);
+        assert!(l.observe(at(2700), hot).is_none(), "one step per up_after");
+        assert_eq!(l.observe(at(3200), hot).unwrap().to, 2);
+        assert_eq!(l.observe(at(4200), hot).unwrap().to, 3);
+        assert!(l.observe(at(9000), hot).is_none(), "no step above the top");
+        // Calm: down one step per down_after, not at once.
+        assert!(l.observe(at(9100), calm).is_none());
+        assert!(l.observe(at(13000), calm).is_none());
+        assert_eq!(l.observe(at(14100), calm).unwrap().to, 2);
+        assert!(l.observe(at(15000), calm).is_none());
+        assert_eq!(l.observe(at(19100), calm).unwrap().to, 1);
+        // Pressure again in the middle of coming down: up again after up_after.
+        assert!(l.observe(at(19200), hot).is_none());
+        assert_eq!(l.observe(at(20200), hot).unwrap().to, 2);
     }
 
     proptest::proptest! {

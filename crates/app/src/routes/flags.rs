@@ -35,12 +35,18 @@ pub(crate) fn client_key(headers: &HeaderMap) -> Option<&str> {
 
 /// `Err(503)` when `flag` is off for this client.
 pub(crate) fn require(app: &App, flag: &Flag, headers: &HeaderMap) -> ApiResult<()> {
-    if app.flags().is_on(flag, client_key(headers)) {
+    let flags = app.flags();
+    if flags.is_on(flag, client_key(headers)) {
         return Ok(());
     }
+    let why = if flags.is_auto_off(flag) {
+        "turned off automatically while this instance is overloaded"
+    } else {
+        "turned off for now"
+    };
     Err(ApiError::Unavailable {
         detail: format!(
-            "{} is turned off for now (feature flag \"{}\"); the core of the service keeps working",
+            "{} is {why} (feature flag \"{}\"); the core of the service keeps working",
             feature_name(flag),
             flag.name
         ),
@@ -100,6 +106,9 @@ pub struct FlagView {
     /// Unix ms of the last change (set flags).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_ms: Option<i64>,
+    /// Turned off on this instance by the degradation ladder (it is overloaded), whatever the table says.
+    #[serde(default)]
+    pub auto_off: bool,
 }
 
 /// The flags of this instance.
@@ -136,6 +145,7 @@ fn view(r: &FlagRecord) -> FlagView {
         percent: r.percent,
         note: r.note.clone(),
         updated_ms: Some(r.updated_ms),
+        auto_off: false,
     }
 }
 
@@ -155,9 +165,13 @@ fn flags_view(app: &App) -> FlagsView {
                 percent: None,
                 note: None,
                 updated_ms: None,
+                auto_off: false,
             },
         })
         .collect();
+    for v in &mut out {
+        v.auto_off = tenfold_flags::known(&v.name).is_some_and(|k| flags.is_auto_off(&k));
+    }
     out.extend(
         set.iter()
             .filter(|r| tenfold_flags::known(&r.name).is_none())

@@ -28,6 +28,8 @@ async fn critical_requests_are_served_while_sheddable_ones_are_shed() {
         concurrency_limit_initial: 8,
         concurrency_limit_min: 8,
         concurrency_limit_max: 8,
+        degrade_after_ms: 200,
+        recover_after_ms: 400,
         ..HttpConfig::default()
     };
     let cache = CacheConfig {
@@ -91,4 +93,47 @@ async fn critical_requests_are_served_while_sheddable_ones_are_shed() {
         s.1 * 2 >= s.0 + s.1,
         "most sheddable requests are shed: {s:?}"
     );
+
+    // The shedding lasted well past degrade_after (200 ms): the ladder turned degradable features off,
+    // each step logged and in /metrics...
+    let metrics = crate::helpers::metrics_text(&app).await;
+    let step = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("degradation_step "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert!(step(&metrics).is_some_and(|s| s >= 1.0), "{metrics}");
+    let r = http
+        .get(app.url("/api/products?q=lamp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "search is off while degraded");
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        p["detail"].as_str().unwrap().contains("automatically"),
+        "{p}"
+    );
+    // ...and, calm again, back on a step at a time (400 ms each, 3 steps at most): search at step 1,
+    // everything at step 0.
+    let t = Instant::now();
+    loop {
+        let searching = http
+            .get(app.url("/api/products?q=lamp"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200;
+        let at = step(&crate::helpers::metrics_text(&app).await);
+        if searching && at == Some(0.0) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never recovered: step {at:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("recovered {:?} after the load stopped", t.elapsed());
 }

@@ -209,6 +209,38 @@ async fn retries_stay_within_the_budget_and_retry_after_is_honoured() {
 }
 
 #[tokio::test]
+async fn a_shed_request_neither_ejects_its_backend_nor_stops_its_traffic() {
+    // x sheds everything (503, Retry-After: 30, X-Load-Shed): it is busy, not down.
+    let bs = [TestBackend::start("x").await, TestBackend::start("y").await];
+    bs[0].set(Behavior {
+        status: Some(503),
+        retry_after: Some(30),
+        shed: true,
+        ..Default::default()
+    });
+    let lb = TestLb::start(config("round-robin"), &[&bs[0], &bs[1]]).await;
+    let c = client();
+    let (mut ok, n) = (0, 100);
+    for _ in 0..n {
+        let r = c.get(lb.url("/x")).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => ok += 1,
+            503 => assert!(
+                r.headers().contains_key("retry-after"),
+                "passed to the client"
+            ),
+            s => panic!("unexpected {s}"),
+        }
+    }
+    // Round robin keeps offering x its share: no back-off for 30 s, no ejection after many 503s.
+    assert!(bs[0].hits() >= n / 2 - 5, "x got {} requests", bs[0].hits());
+    // Shed requests are retried on y within the 20% budget (plus its reserve), no more.
+    let retried = bs[1].hits() - (n - bs[0].hits());
+    assert!(retried <= n / 5 + 10, "{retried} retries");
+    assert!(ok >= n / 2, "{ok} of {n} answered");
+}
+
+#[tokio::test]
 async fn no_backend_answers_503_and_a_dead_one_502_as_problems() {
     let lb = TestLb::start(config("round-robin"), &[]).await;
     let c = client();

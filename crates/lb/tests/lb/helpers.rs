@@ -18,6 +18,8 @@ pub(crate) struct Behavior {
     pub(crate) delay: Duration,
     pub(crate) status: Option<u16>,
     pub(crate) retry_after: Option<u64>,
+    /// Mark the answer as a shed request (`X-Load-Shed`), as tenfold's overload control does.
+    pub(crate) shed: bool,
     /// Read the request, then drop the connection without answering.
     pub(crate) hang_up: bool,
 }
@@ -149,6 +151,10 @@ async fn answer(
     }
     if let Some(ra) = b.retry_after {
         r.headers_mut().insert("retry-after", ra.into());
+    }
+    if b.shed {
+        r.headers_mut()
+            .insert("x-load-shed", http::HeaderValue::from_static("sheddable"));
     }
     r.headers_mut().insert("x-backend", name.parse().unwrap());
     r.headers_mut()
