@@ -67,6 +67,14 @@ pub enum ApiError {
     /// 422: the body parsed but some fields are invalid.
     #[error("{0}")]
     Validation(ValidationErrors),
+    /// 429: this client sent more than its rate allows; it may try again after `retry_after`.
+    #[error("{detail}")]
+    TooManyRequests {
+        /// Which limit, and how it was exceeded.
+        detail: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// 503: a dependency is unavailable or the request ran out of time; try again later.
     #[error("{detail}")]
     Unavailable {
@@ -109,6 +117,11 @@ impl ApiError {
                 "Method not allowed",
             ),
             Conflict(_) => (StatusCode::CONFLICT, "/problems/conflict", "Conflict"),
+            TooManyRequests { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "/problems/too-many-requests",
+                "Too many requests",
+            ),
             PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,
                 "/problems/precondition-failed",
@@ -208,11 +221,11 @@ impl IntoResponse for ApiError {
         let mut resp = problem_response(status, &problem);
         let headers = resp.headers_mut();
         match &self {
-            ApiError::Unavailable { retry_after, .. } => {
-                headers.insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(retry_after.as_secs().max(1)),
-                );
+            ApiError::Unavailable { retry_after, .. }
+            | ApiError::TooManyRequests { retry_after, .. } => {
+                // Whole seconds, rounded up: a client that waits this long is let through.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
             ApiError::Unauthorized(_) => {
                 headers.insert(

@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     pub(crate) flag_table: std::sync::OnceLock<Arc<tenfold_store::flags::FlagTable>>,
     /// The adaptive concurrency limit (none with `http.load_shedding = false`).
     pub(crate) limiter: Option<Arc<tenfold_overload::Limiter>>,
+    /// Per-client rate limiting (none with `http.rate_limit_per_s = 0`).
+    pub(crate) rate_limit: Option<shed::RateLimit>,
 }
 
 /// Aborts a background task when dropped.
@@ -146,6 +148,18 @@ impl App {
                 media: std::sync::OnceLock::new(),
                 flags: std::sync::OnceLock::new(),
                 flag_table: std::sync::OnceLock::new(),
+                rate_limit: (http.rate_limit_per_s > 0.0).then(|| {
+                    let gcra = tenfold_overload::gcra::Gcra::new(
+                        http.rate_limit_per_s,
+                        http.rate_limit_burst,
+                    );
+                    shed::RateLimit {
+                        gcra,
+                        local: tenfold_overload::gcra::LocalLimiter::new(gcra),
+                        rate: http.rate_limit_per_s,
+                        burst: http.rate_limit_burst,
+                    }
+                }),
                 limiter: http.load_shedding.then(|| {
                     tenfold_overload::Limiter::new(tenfold_overload::LimiterOptions {
                         initial: http.concurrency_limit_initial,
@@ -336,6 +350,10 @@ impl App {
         api.route_layer(axum::middleware::from_fn_with_state(
             self.clone(),
             shed::shed,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            shed::rate_limit,
         ))
         .route_layer(axum::middleware::from_fn(observe::remember_route))
         .fallback(|req: Request| async move {

@@ -35,6 +35,53 @@ pub(crate) fn class_of(method: &Method, route: &str) -> Option<Criticality> {
     })
 }
 
+/// A client's rate limit: GCRA, shared through Redis when there is one, else (and while Redis is
+/// unreachable) kept in this process.
+pub(crate) struct RateLimit {
+    pub(crate) gcra: tenfold_overload::gcra::Gcra,
+    pub(crate) local: tenfold_overload::gcra::LocalLimiter,
+    pub(crate) rate: f64,
+    pub(crate) burst: u32,
+}
+
+/// Refuses a client over its rate with 429 and Retry-After, before anything else is done for it.
+/// Requests without a client key (no `X-Client-Key`, no `X-Forwarded-For`) and routes that are never
+/// shed are not limited.
+pub(crate) async fn rate_limit(State(app): State<App>, req: Request, next: Next) -> Response {
+    let Some(rl) = &app.inner.rate_limit else {
+        return next.run(req).await;
+    };
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str())
+        .unwrap_or("");
+    if class_of(req.method(), route).is_none() {
+        return next.run(req).await;
+    }
+    let Some(key) = crate::routes::flags::client_key(req.headers()).map(str::to_owned) else {
+        return next.run(req).await;
+    };
+    let decision = match app.cache().shared_rate_limit(&key, rl.gcra).await {
+        Some(d) => d,
+        None => rl.local.check(&key),
+    };
+    match decision {
+        tenfold_overload::gcra::Decision::Allow => next.run(req).await,
+        tenfold_overload::gcra::Decision::Deny(wait) => {
+            metrics::counter!("requests_rate_limited_total").increment(1);
+            ApiError::TooManyRequests {
+                detail: format!(
+                    "this client sent more than {} requests per second (bursts of {}); slow down",
+                    rl.rate, rl.burst
+                ),
+                retry_after: wait,
+            }
+            .into_response()
+        }
+    }
+}
+
 /// The `X-Criticality` a client sent, if it names a class.
 fn requested(req: &Request) -> Option<Criticality> {
     req.headers()

@@ -266,6 +266,20 @@ impl Cache {
         Some(Arc::new(redis::RedisFeed { redis: r }))
     }
 
+    /// A rate-limit decision for `key` shared through Redis, or `None` without Redis or while it is
+    /// unreachable (its breaker open, or this call failed): the caller then decides locally.
+    pub async fn shared_rate_limit(
+        &self,
+        key: &str,
+        gcra: tenfold_overload::gcra::Gcra,
+    ) -> Option<tenfold_overload::gcra::Decision> {
+        let r = self.inner.as_ref()?.l2.as_ref()?;
+        if !r.breaker.allow() {
+            return None;
+        }
+        r.gcra(key, gcra).await.ok()
+    }
+
     /// True while the Redis breaker refuses calls (for diagnostics and tests).
     pub fn redis_breaker_open(&self) -> bool {
         self.inner

@@ -79,6 +79,24 @@ if redis.call('SET', KEYS[1], t, 'NX', 'PX', ARGV[1]) then return t end
 return 0
 "#;
 
+/// GCRA (see `tenfold_overload::gcra`) on Redis's own clock, so every instance sharing the key shares
+/// its budget: KEYS[1] the key, ARGV[1] the emission interval and ARGV[2] the tolerance, in µs.
+/// Returns 0 (allowed) or the µs to wait.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then
+  return tat - now - tolerance
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1)
+return 0
+"#;
+
 /// Consecutive failures that open the breaker.
 const TRIP_AFTER: u32 = 3;
 /// First open period; doubles while probes fail, up to `MAX_OPEN`.
@@ -193,6 +211,7 @@ pub(crate) struct Redis {
     set_if_newer: redis::Script,
     invalidate: redis::Script,
     lease: redis::Script,
+    gcra: redis::Script,
     counters: Counters,
 }
 
@@ -215,6 +234,7 @@ impl Redis {
             set_if_newer: redis::Script::new(SET_IF_NEWER),
             invalidate: redis::Script::new(INVALIDATE),
             lease: redis::Script::new(LEASE),
+            gcra: redis::Script::new(GCRA),
             counters: Counters {
                 hit: l2("hit"),
                 negative_hit: l2("negative_hit"),
@@ -329,6 +349,31 @@ impl Redis {
             None => self.counters.miss.increment(1),
         }
         Ok(v)
+    }
+
+    /// One GCRA decision for `key` (a client), shared by every instance on this Redis.
+    pub(crate) async fn gcra(
+        self: &Arc<Self>,
+        key: &str,
+        g: tenfold_overload::gcra::Gcra,
+    ) -> Result<tenfold_overload::gcra::Decision, Unavailable> {
+        let k = format!("{}rl:{key}", self.prefix);
+        let script = &self.gcra;
+        let wait: u64 = self
+            .call("rate_limit", |mut c| async move {
+                script
+                    .key(k)
+                    .arg(g.interval_us)
+                    .arg(g.tolerance_us)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(if wait == 0 {
+            tenfold_overload::gcra::Decision::Allow
+        } else {
+            tenfold_overload::gcra::Decision::Deny(Duration::from_micros(wait))
+        })
     }
 
     /// Takes the right to load product `id` into Redis: a fencing token, or `None` if another holds it.

@@ -340,6 +340,11 @@ pub struct HttpConfig {
     pub concurrency_limit_min: u32,
     /// Nor rises above this.
     pub concurrency_limit_max: u32,
+    /// Requests per second each client (`X-Client-Key`, else its forwarded address) may send; 0 turns
+    /// rate limiting off. Shared across instances through Redis when `cache.redis_url` is set.
+    pub rate_limit_per_s: f64,
+    /// How many requests a client may send at once before the rate applies.
+    pub rate_limit_burst: u32,
     /// The degradation ladder: while the instance sheds, turn degradable features off a step at a
     /// time (deep pages; then search; then imports and renditions), and back on when it is calm.
     pub degradation: bool,
@@ -439,6 +444,8 @@ impl Default for HttpConfig {
             concurrency_limit_initial: 100,
             concurrency_limit_min: 8,
             concurrency_limit_max: 1_000,
+            rate_limit_per_s: 0.0,
+            rate_limit_burst: 20,
             degradation: true,
             degrade_after_ms: 1_000,
             recover_after_ms: 10_000,
@@ -716,6 +723,12 @@ impl Config {
                 "http.concurrency_limit_initial",
                 "the concurrency limits must satisfy 1 <= min <= initial <= max <= 100000",
             );
+        }
+        if !(h.rate_limit_per_s.is_finite() && (0.0..=1e6).contains(&h.rate_limit_per_s)) {
+            return invalid("http.rate_limit_per_s", "must be between 0 (off) and 1000000");
+        }
+        if !(1..=1_000_000).contains(&h.rate_limit_burst) {
+            return invalid("http.rate_limit_burst", "must be between 1 and 1000000");
         }
         for (field, v) in [
             ("http.degrade_after_ms", h.degrade_after_ms),

@@ -10,10 +10,14 @@
 //! that ran to an outcome feed the limit ([`Permit::record`]), and a class can never use more than its
 //! share, so critical requests always find room a sheddable flood cannot take.
 //!
+//! [`gcra`] limits each client's request rate.
+//!
 //! A [`Ladder`] turns sustained shedding into degradation steps (each turns more degradable features
 //! off) and back, with hysteresis.
 //!
 //! Entry points: [`Limiter::new`], [`Limiter::try_acquire`], [`Criticality`], [`Gradient2`], [`Ladder`].
+
+pub mod gcra;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

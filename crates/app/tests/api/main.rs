@@ -15,5 +15,6 @@ mod media;
 mod orders;
 mod overload;
 mod protocol;
+mod ratelimit;
 mod replicas;
 mod routes;
