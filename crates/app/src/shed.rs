@@ -51,12 +51,7 @@ pub(crate) async fn rate_limit(State(app): State<App>, req: Request, next: Next)
     let Some(rl) = &app.inner.rate_limit else {
         return next.run(req).await;
     };
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str())
-        .unwrap_or("");
-    if class_of(req.method(), route).is_none() {
+    if route_class(&req).is_none() {
         return next.run(req).await;
     }
     let Some(key) = crate::routes::flags::client_key(req.headers()).map(str::to_owned) else {
@@ -82,6 +77,12 @@ pub(crate) async fn rate_limit(State(app): State<App>, req: Request, next: Next)
     }
 }
 
+/// The class of the route the request matched.
+fn route_class(req: &Request) -> Option<Criticality> {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+    class_of(req.method(), route.unwrap_or(""))
+}
+
 /// The `X-Criticality` a client sent, if it names a class.
 fn requested(req: &Request) -> Option<Criticality> {
     req.headers()
@@ -95,12 +96,7 @@ pub(crate) async fn shed(State(app): State<App>, req: Request, next: Next) -> Re
     let Some(limiter) = &app.inner.limiter else {
         return next.run(req).await;
     };
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str())
-        .unwrap_or("");
-    let Some(class) = class_of(req.method(), route) else {
+    let Some(class) = route_class(&req) else {
         return next.run(req).await;
     };
     let class = class.lowered_to(requested(&req));

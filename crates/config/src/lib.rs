@@ -725,7 +725,10 @@ impl Config {
             );
         }
         if !(h.rate_limit_per_s.is_finite() && (0.0..=1e6).contains(&h.rate_limit_per_s)) {
-            return invalid("http.rate_limit_per_s", "must be between 0 (off) and 1000000");
+            return invalid(
+                "http.rate_limit_per_s",
+                "must be between 0 (off) and 1000000",
+            );
         }
         if !(1..=1_000_000).contains(&h.rate_limit_burst) {
             return invalid("http.rate_limit_burst", "must be between 1 and 1000000");

@@ -61,7 +61,8 @@ pub struct LocalLimiter {
 impl LocalLimiter {
     /// A limiter for `gcra`.
     pub fn new(gcra: Gcra) -> LocalLimiter {
-        let idle = Duration::from_micros(gcra.tolerance_us + gcra.interval_us) + Duration::from_secs(1);
+        let idle =
+            Duration::from_micros(gcra.tolerance_us + gcra.interval_us) + Duration::from_secs(1);
         LocalLimiter {
             gcra,
             origin: Instant::now(),
@@ -82,7 +83,9 @@ impl LocalLimiter {
         let cell = self
             .tats
             .get_with_by_ref(key, || Arc::new(std::sync::Mutex::new(0)));
-        let mut tat = cell.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tat = cell
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (d, next) = self.gcra.decide((*tat > 0).then_some(*tat), now);
         *tat = next;
         d
@@ -97,7 +100,13 @@ mod tests {
     fn a_burst_then_the_rate() {
         // 10/s, bursts of 5.
         let g = Gcra::new(10.0, 5);
-        assert_eq!(g, Gcra { interval_us: 100_000, tolerance_us: 400_000 });
+        assert_eq!(
+            g,
+            Gcra {
+                interval_us: 100_000,
+                tolerance_us: 400_000
+            }
+        );
         let (mut tat, now) = (None, 1_000_000);
         for i in 0..5 {
             let (d, t) = g.decide(tat, now);
@@ -105,11 +114,18 @@ mod tests {
             tat = Some(t);
         }
         let (d, _) = g.decide(tat, now);
-        assert_eq!(d, Decision::Deny(Duration::from_millis(100)), "the sixth waits one interval");
+        assert_eq!(
+            d,
+            Decision::Deny(Duration::from_millis(100)),
+            "the sixth waits one interval"
+        );
         // After that interval, one more; then refused again.
         let (d, t) = g.decide(tat, now + 100_000);
         assert_eq!(d, Decision::Allow);
-        assert!(matches!(g.decide(Some(t), now + 100_000).0, Decision::Deny(_)));
+        assert!(matches!(
+            g.decide(Some(t), now + 100_000).0,
+            Decision::Deny(_)
+        ));
         // Over a long run the rate holds: 10 seconds at 1,000 tries per second let 5 + 100 through.
         let (mut tat, mut ok) = (None, 0);
         for ms in 0..10_000u64 {

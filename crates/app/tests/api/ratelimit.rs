@@ -40,8 +40,13 @@ async fn allowed(apps: &[&TestApp], key: &str, n: usize) -> usize {
         match r.status() {
             StatusCode::OK => ok += 1,
             StatusCode::TOO_MANY_REQUESTS => {
-                let wait: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
-                assert!((1..=2).contains(&wait), "Retry-After {wait}");
+                let wait: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                // One request every 10 s: the next one is let through within 10 s.
+                assert!((1..=10).contains(&wait), "Retry-After {wait}");
                 let p: Value = r.json().await.unwrap();
                 assert_eq!(p["status"], 429);
             }
@@ -84,7 +89,7 @@ async fn two_instances_sharing_redis_share_each_clients_budget() {
     let a = spawn_app_on(store.clone(), limited(0.1, 6), &cache).await;
     let b = spawn_app_on(store, limited(0.1, 6), &cache).await;
     tokio::time::sleep(Duration::from_millis(300)).await; // both connect to Redis in the background
-    // Alternating between the instances does not double the budget.
+                                                          // Alternating between the instances does not double the budget.
     assert_eq!(allowed(&[&a, &b], "shared-client", 12).await, 6);
 }
 
