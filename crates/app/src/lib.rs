@@ -77,6 +77,9 @@ pub(crate) struct Inner {
     pub(crate) media: std::sync::OnceLock<routes::media::Media>,
     /// Feature flags (`App::set_flags`; every flag at its default until then).
     pub(crate) flags: std::sync::OnceLock<Arc<tenfold_flags::Flags>>,
+    /// This instance's flags until `set_flags` (every flag at its default; the degradation ladder may
+    /// still turn some off here).
+    default_flags: Arc<tenfold_flags::Flags>,
     /// The flag table the admin routes write to.
     pub(crate) flag_table: std::sync::OnceLock<Arc<tenfold_store::flags::FlagTable>>,
     /// The adaptive concurrency limit (none with `http.load_shedding = false`).
@@ -147,6 +150,7 @@ impl App {
                 jobs: std::sync::OnceLock::new(),
                 media: std::sync::OnceLock::new(),
                 flags: std::sync::OnceLock::new(),
+                default_flags: tenfold_flags::Flags::defaults(),
                 flag_table: std::sync::OnceLock::new(),
                 rate_limit: (http.rate_limit_per_s > 0.0).then(|| {
                     let gcra = tenfold_overload::gcra::Gcra::new(
@@ -213,9 +217,7 @@ impl App {
 
     /// The flags served: those set with `set_flags`, else every flag at its default.
     pub(crate) fn flags(&self) -> &tenfold_flags::Flags {
-        static DEFAULTS: std::sync::LazyLock<Arc<tenfold_flags::Flags>> =
-            std::sync::LazyLock::new(tenfold_flags::Flags::defaults);
-        self.inner.flags.get().unwrap_or(&DEFAULTS)
+        self.inner.flags.get().unwrap_or(&self.inner.default_flags)
     }
 
     pub(crate) fn cache(&self) -> &tenfold_cache::Cache {

@@ -29,7 +29,7 @@ async fn critical_requests_are_served_while_sheddable_ones_are_shed() {
         concurrency_limit_min: 8,
         concurrency_limit_max: 8,
         degrade_after_ms: 200,
-        recover_after_ms: 400,
+        recover_after_ms: 1_000,
         ..HttpConfig::default()
     };
     let cache = CacheConfig {
@@ -94,46 +94,64 @@ async fn critical_requests_are_served_while_sheddable_ones_are_shed() {
         "most sheddable requests are shed: {s:?}"
     );
 
-    // The shedding lasted well past degrade_after (200 ms): the ladder turned degradable features off,
-    // each step logged and in /metrics...
-    let metrics = crate::helpers::metrics_text(&app).await;
-    let step = |m: &str| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("degradation_step "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
+    // The shedding lasted well past degrade_after (200 ms): the ladder turned degradable features off on
+    // this instance (the flag listing says which; /metrics has the step)...
+    let auto_off = |app: &tenfold_test_support::TestApp| {
+        let url = app.url("/api/admin/flags");
+        async move {
+            let v: serde_json::Value = client()
+                .get(url)
+                .bearer_auth(tenfold_test_support::TEST_API_KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["auto_off"] == true)
+                .map(|f| f["name"].as_str().unwrap().to_owned())
+                .collect::<Vec<String>>()
+        }
     };
-    assert!(step(&metrics).is_some_and(|s| s >= 1.0), "{metrics}");
+    let off = auto_off(&app).await;
+    assert!(off.contains(&"deep_pages".to_owned()), "{off:?}");
+    let metrics = crate::helpers::metrics_text(&app).await;
+    assert!(metrics.contains("degradation_step"), "{metrics}");
+    if off.contains(&"search".to_owned()) {
+        let r = http
+            .get(app.url("/api/products?q=lamp"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503, "search is off while degraded");
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            p["detail"].as_str().unwrap().contains("automatically"),
+            "{p}"
+        );
+    }
+    // ...and, calm again, back on a step at a time (1 s each, 3 steps at most).
+    let t = Instant::now();
+    loop {
+        let off = auto_off(&app).await;
+        if off.is_empty() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never recovered: {off:?} still off"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("recovered {:?} after the load stopped", t.elapsed());
     let r = http
         .get(app.url("/api/products?q=lamp"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 503, "search is off while degraded");
-    let p: serde_json::Value = r.json().await.unwrap();
-    assert!(
-        p["detail"].as_str().unwrap().contains("automatically"),
-        "{p}"
-    );
-    // ...and, calm again, back on a step at a time (400 ms each, 3 steps at most): search at step 1,
-    // everything at step 0.
-    let t = Instant::now();
-    loop {
-        let searching = http
-            .get(app.url("/api/products?q=lamp"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200;
-        let at = step(&crate::helpers::metrics_text(&app).await);
-        if searching && at == Some(0.0) {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "never recovered: step {at:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!("recovered {:?} after the load stopped", t.elapsed());
+    assert_eq!(r.status(), 200, "search is back");
 }
