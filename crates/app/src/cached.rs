@@ -44,6 +44,7 @@ impl Caching {
             ttl: Duration::from_millis(cfg.ttl_ms),
             list_ttl: Duration::from_millis(cfg.list_ttl_ms),
             stale_while_revalidate: Duration::from_millis(cfg.stale_while_revalidate_ms),
+            stale_if_error: Duration::from_millis(cfg.stale_if_error_ms),
             negative_ttl: Duration::from_millis(cfg.negative_ttl_ms),
             ..Settings::default()
         };

@@ -47,6 +47,9 @@ pub struct Settings {
     pub list_ttl: Duration,
     /// After a value goes stale it is still served for this long while one refresh runs.
     pub stale_while_revalidate: Duration,
+    /// After that, it is kept this long more and served only when loading it again fails (the
+    /// database is unreachable): stale-if-error, RFC 5861.
+    pub stale_if_error: Duration,
     /// How long "this id does not exist" is remembered.
     pub negative_ttl: Duration,
     /// Each TTL is spread by up to this fraction either way, so keys loaded together expire apart.
@@ -62,6 +65,7 @@ impl Default for Settings {
             ttl: Duration::from_secs(600),
             list_ttl: Duration::from_secs(600),
             stale_while_revalidate: Duration::from_secs(60),
+            stale_if_error: Duration::from_secs(3600),
             negative_ttl: Duration::from_secs(5),
             jitter: 0.1,
             xfetch_beta: 1.0,
@@ -130,6 +134,8 @@ pub enum Source {
     Hit,
     /// A stale L1 entry (a refresh was started).
     Stale,
+    /// A stale L1 entry past its stale-while-revalidate window, served because loading failed.
+    StaleIfError,
     /// Loaded now (by this request or by a concurrent one it waited for).
     Loaded,
     /// The cache is disabled.
@@ -370,9 +376,21 @@ impl Cache {
                     inner.stats.hit(v);
                     return Ok((v.clone(), Source::Hit));
                 }
-                inner.stats.l1_stale.increment(1);
-                self.refresh(key, &e, load);
-                return Ok((v.clone(), Source::Stale));
+                if now < e.fresh_until + self.settings_swr(&e) {
+                    inner.stats.l1_stale.increment(1);
+                    self.refresh(key, &e, load);
+                    return Ok((v.clone(), Source::Stale));
+                }
+                // Past stale-while-revalidate: load now, and only if that fails serve the old value.
+                let stale = v.clone();
+                return match inner.load_through(key, load, None).await {
+                    Ok(v) => Ok((v, Source::Loaded)),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "loading failed; serving the stale value (stale-if-error)");
+                        metrics::counter!("cache_stale_if_error_total").increment(1);
+                        Ok((stale, Source::StaleIfError))
+                    }
+                };
             }
         }
         inner.stats.l1_miss.increment(1);
@@ -380,6 +398,14 @@ impl Cache {
             .load_through(key, load, None)
             .await
             .map(|v| (v, Source::Loaded))
+    }
+
+    /// The stale-while-revalidate window of an entry (none for "absent").
+    fn settings_swr(&self, e: &Entry) -> Duration {
+        match (&self.inner, &e.state) {
+            (Some(i), State::Value(Value::Present { .. })) => i.settings.stale_while_revalidate,
+            _ => Duration::ZERO,
+        }
     }
 
     /// Starts one background refresh of `key` unless one is running.
@@ -540,11 +566,11 @@ impl Inner {
             (Value::Absent, _) => (self.settings.negative_ttl, Duration::ZERO),
             (_, Key::Product(_)) => (
                 self.jittered(self.settings.ttl),
-                self.settings.stale_while_revalidate,
+                self.settings.stale_while_revalidate + self.settings.stale_if_error,
             ),
             (_, Key::Page(_)) => (
                 self.jittered(self.settings.list_ttl),
-                self.settings.stale_while_revalidate,
+                self.settings.stale_while_revalidate + self.settings.stale_if_error,
             ),
         };
         let body = match &value {

@@ -248,6 +248,34 @@ async fn stale_values_are_served_while_one_refresh_runs() {
 }
 
 #[tokio::test]
+async fn past_its_window_a_value_is_served_only_when_loading_fails() {
+    let c = Cache::new(Settings {
+        ttl: Duration::from_millis(20),
+        jitter: 0.0,
+        xfetch_beta: 0.0,
+        stale_while_revalidate: Duration::ZERO,
+        stale_if_error: Duration::from_millis(400),
+        ..Settings::default()
+    });
+    let row = Row::new(1, 0);
+    c.get_or_load(Key::Product(5), row.loader()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let down = || async { Err::<Value, String>("the database is unreachable".into()) };
+    // Stale and the database is down: the old value, marked as such.
+    let (v, s) = c.get_or_load(Key::Product(5), down).await.unwrap();
+    assert_eq!((v, s), (present(1), Source::StaleIfError));
+    // The database is back: a fresh load, not the stale value.
+    row.set(2);
+    let (v, s) = c.get_or_load(Key::Product(5), row.loader()).await.unwrap();
+    assert_eq!((v, s), (present(2), Source::Loaded));
+    // Past the stale-if-error window too, an error is an error.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(c.get_or_load(Key::Product(5), down).await.is_err());
+    // Something never cached has nothing to fall back on.
+    assert!(c.get_or_load(Key::Product(6), down).await.is_err());
+}
+
+#[tokio::test]
 async fn xfetch_refreshes_a_hot_key_before_it_expires() {
     let c = Cache::new(Settings {
         ttl: Duration::from_millis(300),

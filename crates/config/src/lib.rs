@@ -116,6 +116,9 @@ pub struct CacheConfig {
     pub list_ttl_ms: u64,
     /// How long a stale value is still served while one refresh runs, in milliseconds.
     pub stale_while_revalidate_ms: u64,
+    /// After that, a value is kept this long more and served only when the database cannot be read
+    /// (stale-if-error), in milliseconds.
+    pub stale_if_error_ms: u64,
     /// How long an unknown id is remembered, in milliseconds.
     pub negative_ttl_ms: u64,
     /// `redis://host:port[/db]`: the shared L2 and the invalidation channel. Unset: L1 alone, with the
@@ -140,6 +143,7 @@ impl Default for CacheConfig {
             ttl_ms: 600_000,
             list_ttl_ms: 600_000,
             stale_while_revalidate_ms: 60_000,
+            stale_if_error_ms: 3_600_000,
             negative_ttl_ms: 5_000,
             redis_url: None,
             redis_timeout_ms: 50,
@@ -700,6 +704,9 @@ impl Config {
             if !(1..=86_400_000).contains(&v) {
                 return invalid(field, "must be between 1 ms and one day");
             }
+        }
+        if c.stale_if_error_ms > 7 * 86_400_000 {
+            return invalid("cache.stale_if_error_ms", "must be at most a week");
         }
         if c.stale_while_revalidate_ms > 86_400_000 {
             return invalid("cache.stale_while_revalidate_ms", "must be at most one day");

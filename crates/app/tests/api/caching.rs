@@ -581,3 +581,54 @@ fn unshed() -> HttpConfig {
         ..HttpConfig::default()
     }
 }
+
+#[tokio::test]
+async fn with_the_database_down_cached_products_are_served_stale() {
+    if !engines().contains(&tenfold_test_support::Engine::Postgres) {
+        return;
+    }
+    let cluster = tenfold_test_support::PgCluster::start(0, 0, 0);
+    let mut opts = tenfold_store::ConnectOptions::new(&cluster.primary);
+    opts.acquire_timeout = Duration::from_millis(500);
+    let store = tenfold_store::connect(&opts).await.unwrap();
+    store.migrate().await.unwrap();
+    tenfold_seed::seed(&store, 5, 1, false).await.unwrap();
+    // Fresh for 100 ms, no stale-while-revalidate: after that a read goes to the database, and only
+    // when that fails is the old value served.
+    let cache = CacheConfig {
+        ttl_ms: 100,
+        stale_while_revalidate_ms: 0,
+        stale_if_error_ms: 60_000,
+        ..CacheConfig::default()
+    };
+    let app = spawn_app_on(store, HttpConfig::default(), &cache).await;
+    let first: Value = client()
+        .get(app.url("/api/products/1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    cluster.kill("primary");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = client()
+        .get(app.url("/api/products/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "served stale while the database is down"
+    );
+    assert_eq!(r.json::<Value>().await.unwrap(), first);
+    // Never cached: nothing to fall back on, so a clear 503.
+    let r = client()
+        .get(app.url("/api/products/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+}
