@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Overload: `tenfold up` (3 instances) on PostgreSQL, open-loop load at 1, 2, 3 and 5 times its capacity,
+# with load shedding on and then off; and the time to degrade and to recover when 2 s of latency is
+# injected into the database and then removed.
+#
+#   bash bench/overload.sh                  # 10 s per step
+#   STEP=5 bash bench/overload.sh           # shorter steps
+#
+# The mix: 30% critical requests (a product by id: cached reads) and 70% degradable ones (a search for a
+# random word: a database scan, never cached), sent by tenfold-loadgen at a fixed rate whatever the answers.
+# Capacity is the throughput of the same mix with 64 connections back to back. The database is reached
+# through tenfold-loadgen's delay proxy, so latency can be injected. Everything runs on this machine (the
+# load generator included) and on loopback; PostgreSQL is the shared server (PGURL), a fresh database per run.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+STEP="${STEP:-10}"
+PGURL="${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}"
+command -v psql >/dev/null 2>&1 || bench_die "psql is required"
+bench_mktemp
+work="$BENCH_TMP"
+bin="$(bench_copy_binary "$work")"
+lg_src="$REPO_ROOT/target/release/tenfold-loadgen"
+[[ -x "$lg_src" ]] || bench_die "no $lg_src; run 'cargo build --release' first"
+cp -- "$lg_src" "$work/loadgen"
+lg="$work/loadgen"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+out="$(mktemp -d "$RESULTS_DIR/overload-$stamp.XXXX")"
+bench_machine | tee "$out/machine.txt" >&2
+
+db="tenfold_bench_overload_$(date +%s)_$$"
+psql "$PGURL" -qc "CREATE DATABASE $db" >/dev/null
+cleanup_all() {
+    bench_cleanup
+    psql "$PGURL" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup_all EXIT
+
+# The database, behind the delay proxy.
+echo 0 >"$work/delay"
+pg_hostport="${PGURL#*@}"
+pg_hostport="${pg_hostport%%/*}"
+"$lg" delay-proxy --upstream "$pg_hostport" --delay-file "$work/delay" >"$work/proxy.out" 2>"$work/proxy.err" &
+bench_track_pid $!
+for ((i = 0; i < 50; i++)); do [[ -s "$work/proxy.out" ]] && break; sleep 0.1; done
+proxy="$(head -n1 "$work/proxy.out")"
+[[ -n "$proxy" ]] || bench_die "the delay proxy did not start"
+db_url="${PGURL%%@*}@$proxy/$db"
+
+CRIT='{base}/api/products/{id}'
+OTHER='{base}/api/products?q=w{rand}&limit=5'
+
+start_up() { # start_up LABEL [ENV...]: sets UP_PID, LB, INSTANCES
+    local label="$1" i
+    shift
+    rm -rf "$work/up-$label" && mkdir -p "$work/up-$label"
+    (
+        cd "$work/up-$label"
+        exec env "$@" "$bin" up --instances 3 --min 3 --max 3 --workers 0 --listen 127.0.0.1:0 \
+            --admin-listen 127.0.0.1:0 --database-url "$db_url" >"$out/up-$label.stdout" 2>"$out/up-$label.stderr"
+    ) &
+    UP_PID=$!
+    bench_track_pid "$UP_PID"
+    for ((i = 0; i < 600; i++)); do
+        [[ -s "$work/up-$label/data/up.json" ]] && grep -q "admin API" "$out/up-$label.stdout" 2>/dev/null && break
+        kill -0 "$UP_PID" 2>/dev/null || { cat "$out/up-$label.stderr" >&2; bench_die "tenfold up exited"; }
+        sleep 0.1
+    done
+    local admin token
+    read -r LB admin token < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["url"], s["admin"], s["admin_token"])' "$work/up-$label/data/up.json")
+    sleep 2
+    mapfile -t INSTANCES < <(curl -sS --max-time 5 -H "authorization: Bearer $token" "$admin/instances" |
+        python3 -c 'import json,sys; [print("http://" + i["addr"]) for i in json.load(sys.stdin)["instances"]]')
+    ((${#INSTANCES[@]} == 3)) || bench_die "expected 3 instances, got ${#INSTANCES[@]}"
+    bench_log "$label: tenfold up at $LB, instances ${INSTANCES[*]}"
+}
+
+open_run() { # open_run NAME RATE SECONDS
+    "$lg" open --critical "${CRIT/\{base\}/$LB}" --other "${OTHER/\{base\}/$LB}" --rate "$2" \
+        --critical-share 0.3 --duration "$3" --timeout 10 >"$out/$1.json"
+    bench_log "$1 at $2 req/s: $(cat "$out/$1.json")"
+}
+
+max_step() { # the highest degradation step among the instances
+    local m=0 s i
+    for i in "${INSTANCES[@]}"; do
+        s="$(curl -sS --max-time 1 "$i/metrics" 2>/dev/null | awk '$1 == "degradation_step" { print int($2) }')"
+        [[ -n "$s" ]] && ((s > m)) && m="$s"
+    done
+    echo "$m"
+}
+
+# --- shedding on ---
+start_up on
+"$lg" closed --url "${CRIT/\{base\}/$LB}" --concurrency 16 --duration 3 >/dev/null # warm the caches
+"$lg" closed --url "${CRIT/\{base\}/$LB}" --other "${OTHER/\{base\}/$LB}" --share 0.3 --concurrency 64 \
+    --duration "$STEP" >"$out/capacity.json"
+capacity="$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["goodput_rps"]))' "$out/capacity.json")"
+bench_log "capacity: $capacity req/s ($(cat "$out/capacity.json"))"
+open_run on-0.2x "$(awk -v c="$capacity" 'BEGIN { print c * 0.2 }')" "$STEP"
+for k in 1 2 3 5; do
+    open_run "on-${k}x" "$((capacity * k))" "$STEP"
+done
+
+# Degrade and recover: load at 1x; 2 s of database latency from t=5 s to t=20 s.
+"$lg" open --critical "${CRIT/\{base\}/$LB}" --other "${OTHER/\{base\}/$LB}" --rate "$capacity" \
+    --critical-share 0.3 --duration 35 --timeout 10 >"$out/latency.json" &
+lg_pid=$!
+bench_track_pid "$lg_pid"
+sleep 5
+t0="$(date +%s%3N)"
+echo 2000 >"$work/delay"
+t_degrade=""
+while (($(date +%s%3N) - t0 < 15000)); do
+    if [[ -z "$t_degrade" ]] && (($(max_step) > 0)); then t_degrade=$(($(date +%s%3N) - t0)); fi
+    sleep 0.1
+done
+echo "$(max_step)" >"$out/latency-step-at-end.txt"
+t1="$(date +%s%3N)"
+echo 0 >"$work/delay"
+t_recover=""
+while (($(date +%s%3N) - t1 < 60000)); do
+    if (($(max_step) == 0)); then t_recover=$(($(date +%s%3N) - t1)); break; fi
+    sleep 0.1
+done
+wait "$lg_pid" || true
+bench_log "latency injected: degraded after ${t_degrade:-never} ms (step $(cat "$out/latency-step-at-end.txt") at the end); recovered ${t_recover:-never} ms after it was removed"
+echo "${t_degrade:-never} ${t_recover:-never}" >"$out/degrade-recover.txt"
+bench_stop_pid "$UP_PID"
+
+# --- shedding off: the same steps ---
+start_up off TENFOLD_HTTP__LOAD_SHEDDING=false
+"$lg" closed --url "${CRIT/\{base\}/$LB}" --concurrency 16 --duration 3 >/dev/null
+open_run off-0.2x "$(awk -v c="$capacity" 'BEGIN { print c * 0.2 }')" "$STEP"
+for k in 1 2 3 5; do
+    open_run "off-${k}x" "$((capacity * k))" "$STEP"
+done
+bench_stop_pid "$UP_PID"
+
+python3 - "$out" "$capacity" <<'PY' | tee "$out/summary.md"
+import json, sys
+out, cap = sys.argv[1], float(sys.argv[2])
+print(f"\n== overload ({out.rsplit('/', 1)[-1]}; capacity {cap:.0f} req/s, 30% critical) ==\n")
+print("| Shedding | Load | Critical sent | Critical served | Critical goodput / offered | Critical p99 (ms) | p99 vs unloaded | Other served | Other shed (503) | Other failed |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for mode in ("on", "off"):
+    base = json.load(open(f"{out}/{mode}-0.2x.json"))["critical"]["p99_ms"]
+    for k in ("0.2x", "1x", "2x", "3x", "5x"):
+        r = json.load(open(f"{out}/{mode}-{k}.json"))
+        c, o = r["critical"], r["other"]
+        ratio = c["ok"] / max(c["sent"], 1)
+        print(f"| {mode} | {k} | {c['sent']} | {c['ok']} | {ratio:.1%} | {c['p99_ms']:.1f} | {c['p99_ms'] / max(base, 1e-3):.2f}× | {o['ok']} | {o['shed']} | {o['failed']} |")
+d, r = open(f"{out}/degrade-recover.txt").read().split()
+print(f"\n2 s of database latency under 1x load: first degradation step after {d} ms; back to step 0 {r} ms after it was removed.")
+print(f"\nraw output: {out}")
+PY
