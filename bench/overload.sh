@@ -102,6 +102,8 @@ for k in 1 2 3 5; do
     open_run "on-${k}x" "$((capacity * k))" "$STEP"
 done
 
+# The steps above leave the instances degraded for a while: wait (up to 2 minutes) until all are at 0.
+for ((i = 0; i < 1200; i++)); do (($(max_step) == 0)) && break; sleep 0.1; done
 # Degrade and recover: load at 1x; 2 s of database latency from t=5 s to t=20 s.
 "$lg" open --critical "${CRIT/\{base\}/$LB}" --other "${OTHER/\{base\}/$LB}" --rate "$capacity" \
     --critical-share 0.3 --duration 35 --timeout 10 >"$out/latency.json" &

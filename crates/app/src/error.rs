@@ -226,6 +226,16 @@ impl IntoResponse for ApiError {
                 // Whole seconds, rounded up: a client that waits this long is let through.
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                // Every 503 this service sends is about one request (shed, a feature turned off,
+                // maintenance, a dependency that failed it, its deadline), never "this instance is
+                // down" (then it would not answer, and its readiness check says so): a load balancer
+                // must not stop sending it the requests it can serve (cached reads, critical ones).
+                if matches!(self, ApiError::Unavailable { .. }) {
+                    headers.insert(
+                        tenfold_http::X_LOAD_SHED.clone(),
+                        HeaderValue::from_static("refused"),
+                    );
+                }
             }
             ApiError::Unauthorized(_) => {
                 headers.insert(

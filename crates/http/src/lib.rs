@@ -37,7 +37,8 @@ pub struct ServerLimits {
 /// Media type of RFC 9457 problem documents.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// On a 503: this request was shed by the server's overload control (the value is its class); the
+/// On a 503: this request was refused (shed by the server's overload control, the value then being
+/// its class; or a feature turned off, maintenance, a dependency that failed it, its deadline), but the
 /// server is up and takes other requests. A load balancer neither ejects nor backs off from it, and may
 /// retry the request elsewhere within its retry budget.
 pub static X_LOAD_SHED: http::HeaderName = http::HeaderName::from_static("x-load-shed");

@@ -179,9 +179,14 @@ impl Backend {
 
     /// Whether new requests may go here.
     pub fn available(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.available_ignoring_health()
+    }
+
+    /// Whether new requests may go here if its health checks are ignored (panic mode: most backends
+    /// fail them at once, which says more about the load than about the backends).
+    pub fn available_ignoring_health(&self) -> bool {
         let now = self.now();
-        self.healthy.load(Ordering::Relaxed)
-            && !self.draining.load(Ordering::Relaxed)
+        !self.draining.load(Ordering::Relaxed)
             && self.ejected_until.load(Ordering::Relaxed) <= now
             && self.retry_after_until.load(Ordering::Relaxed) <= now
     }

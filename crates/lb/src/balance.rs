@@ -173,11 +173,23 @@ impl Picker {
         ctx: &PickContext<'_>,
         tried: &[usize],
     ) -> Option<usize> {
-        let ok = |i: usize| backends[i].available() && !tried.contains(&i);
         let n = backends.len();
         if n == 0 {
             return None;
         }
+        // Panic mode (Envoy's healthy-panic threshold, 50%): when fewer than half the backends pass
+        // their health checks, they are all routed to as if they did. Under overload, health checks
+        // time out everywhere at once; taking every backend out would turn slow into down.
+        let healthy = backends.iter().filter(|b| b.is_healthy()).count();
+        let panic = healthy * 2 < n;
+        let ok = |i: usize| {
+            let b = &backends[i];
+            (if panic {
+                b.available_ignoring_health()
+            } else {
+                b.available()
+            }) && !tried.contains(&i)
+        };
         match &self.algorithm {
             Algorithm::RoundRobin => {
                 // A retry takes the next backend without moving the rotation, so retries away from a
@@ -322,6 +334,25 @@ mod tests {
             "nginx's interleaving for weights 5,1,1"
         );
         assert_eq!(counts(&p, &bs, 7_000), [5_000, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn when_most_backends_fail_health_checks_all_are_used() {
+        let bs = backends(&[1, 1, 1]);
+        let p = Picker::new(Algorithm::RoundRobin);
+        // One of three failing: it is skipped.
+        bs[0].set_healthy(false);
+        assert!((0..30).all(|_| p.pick(&bs, None, &ctx("10.0.0.1"), &[]) != Some(0)));
+        // Two of three failing (under half healthy): panic mode, all three take requests.
+        bs[1].set_healthy(false);
+        let mut seen = [0; 3];
+        for _ in 0..30 {
+            seen[p.pick(&bs, None, &ctx("10.0.0.1"), &[]).unwrap()] += 1;
+        }
+        assert_eq!(seen, [10, 10, 10]);
+        // Draining still counts in panic mode.
+        bs[2].drain();
+        assert!((0..30).all(|_| p.pick(&bs, None, &ctx("10.0.0.1"), &[]) != Some(2)));
     }
 
     #[test]

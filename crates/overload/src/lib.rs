@@ -148,14 +148,15 @@ pub struct LimiterOptions {
 }
 
 impl Default for LimiterOptions {
-    /// 100 at start, between 8 and 1,000; sheddable requests may fill half of the limit, degradable
-    /// ones three quarters, critical ones all of it.
+    /// 100 at start, between 8 and 1,000; sheddable requests may fill 30% of the limit, degradable ones
+    /// 60%, critical ones all of it (so 40% is always kept for critical requests: measured with
+    /// bench/overload.sh, 75% for degradable let a flood of slow searches crowd out cached product reads).
     fn default() -> Self {
         LimiterOptions {
             initial: 100,
             min: 8,
             max: 1_000,
-            shares: [0.5, 0.75, 1.0],
+            shares: [0.3, 0.6, 1.0],
         }
     }
 }
