@@ -163,6 +163,9 @@ pub(crate) async fn run_ladder(app: App, limiter: std::sync::Arc<tenfold_overloa
         limiter.admitted(),
         limiter.shed_counts().iter().sum::<u64>(),
     );
+    // The shed share is smoothed over about a second of ticks: under a steady overload shedding comes
+    // in bursts, and one quiet tick must not restart the ladder's clock.
+    let mut smoothed = 0.0;
     loop {
         tick.tick().await;
         let (a, s) = (
@@ -171,12 +174,17 @@ pub(crate) async fn run_ladder(app: App, limiter: std::sync::Arc<tenfold_overloa
         );
         let (da, ds) = (a - admitted, s - shed);
         (admitted, shed) = (a, s);
+        let ratio = if da + ds == 0 {
+            0.0
+        } else {
+            ds as f64 / (da + ds) as f64
+        };
+        smoothed = 0.7 * smoothed + 0.3 * ratio;
+        if ratio == 0.0 && smoothed < 0.001 {
+            smoothed = 0.0;
+        }
         let pressure = tenfold_overload::Pressure {
-            shed_ratio: if da + ds == 0 {
-                0.0
-            } else {
-                ds as f64 / (da + ds) as f64
-            },
+            shed_ratio: smoothed,
             utilization: limiter.inflight() as f64 / limiter.limit().max(1) as f64,
         };
         if let Some(step) = ladder.observe(std::time::Instant::now(), pressure) {

@@ -988,13 +988,13 @@ impl JobQueue {
         });
         if recorded {
             // A retry comes back when its backoff ends; a dead or failed job's message is done with.
-            let kind = match state {
+            match state {
                 JobState::Queued => {
-                    AckKind::Nak(Some(Duration::from_millis((run_at - now).max(0) as u64)))
+                    let delay = Duration::from_millis((run_at - now).max(0) as u64);
+                    nats::give_back(&lease.delivery, Some(delay)).await;
                 }
-                _ => AckKind::Ack,
-            };
-            nats::ack(&lease.delivery, kind).await;
+                _ => nats::ack(&lease.delivery, AckKind::Ack).await,
+            }
         }
         Ok(recorded)
     }
@@ -1015,7 +1015,7 @@ impl JobQueue {
                 .rows_affected()
         });
         if n == 1 {
-            nats::ack(&lease.delivery, AckKind::Nak(None)).await;
+            nats::give_back(&lease.delivery, None).await;
             self.wake(&lease.job.queue).await;
         }
         Ok(n == 1)

@@ -329,6 +329,17 @@ pub(super) async fn ack(d: &Option<Delivery>, kind: AckKind) {
     }
 }
 
+/// Gives a message back (a nak, with a delay or none) and waits for the server to confirm it, so that
+/// the job can be fetched again as soon as this returns (a released job is claimable at once, as on
+/// the database backend).
+pub(super) async fn give_back(d: &Option<Delivery>, delay: Option<Duration>) {
+    if let Some(m) = d {
+        if let Err(e) = m.double_ack_with(AckKind::Nak(delay)).await {
+            tracing::debug!(error = %e, "a job message's nak was not confirmed");
+        }
+    }
+}
+
 /// What to do with a fetched message whose job the claim did not take.
 pub(super) fn settle_unclaimed(
     state: Option<(JobState, i64, Option<i64>)>,
