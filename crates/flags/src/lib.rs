@@ -26,6 +26,8 @@ pub struct Flag {
     pub name: &'static str,
     /// Its value when it is not set.
     pub default: bool,
+    /// The feature, in words ("text search is turned off").
+    pub feature: &'static str,
     /// What it switches.
     pub what: &'static str,
 }
@@ -33,30 +35,35 @@ pub struct Flag {
 /// Text search (`GET /api/products?q=`): degradable.
 pub const SEARCH: Flag = Flag {
     name: "search",
+    feature: "text search",
     default: true,
     what: "text search: GET /api/products?q= (off: 503 with Retry-After)",
 };
 /// List pages beyond the first (`cursor=`): degradable.
 pub const DEEP_PAGES: Flag = Flag {
     name: "deep_pages",
+    feature: "paging beyond the first page",
     default: true,
     what: "list pages beyond the first: GET /api/products?cursor= (off: 503 with Retry-After)",
 };
 /// Image and video renditions made on upload: non-essential work.
 pub const RENDITIONS: Flag = Flag {
     name: "renditions",
+    feature: "making renditions",
     default: true,
     what: "renditions on upload (off: the upload is stored and its job waits 15 minutes)",
 };
 /// CSV bulk imports: sheddable.
 pub const IMPORTS: Flag = Flag {
     name: "imports",
+    feature: "bulk import",
     default: true,
     what: "bulk imports: POST /api/imports (off: 503 with Retry-After)",
 };
 /// Read-only maintenance mode: writes are refused, reads keep working.
 pub const READ_ONLY: Flag = Flag {
     name: "read_only",
+    feature: "writing",
     default: false,
     what: "maintenance: every write answers 503 with Retry-After; reads keep working; flags stay writable",
 };

@@ -47,21 +47,10 @@ pub(crate) fn require(app: &App, flag: &Flag, headers: &HeaderMap) -> ApiResult<
     Err(ApiError::Unavailable {
         detail: format!(
             "{} is {why} (feature flag \"{}\"); the core of the service keeps working",
-            feature_name(flag),
-            flag.name
+            flag.feature, flag.name
         ),
         retry_after: OFF_RETRY,
     })
-}
-
-fn feature_name(flag: &Flag) -> &'static str {
-    match flag.name {
-        "search" => "text search",
-        "deep_pages" => "paging beyond the first page",
-        "imports" => "bulk import",
-        "renditions" => "making renditions",
-        _ => "this feature",
-    }
 }
 
 /// Read-only maintenance mode: while the `read_only` flag is on, every write to the API answers 503

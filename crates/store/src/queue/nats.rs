@@ -108,24 +108,20 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 
 /// The JetStream side of a queue.
 pub(super) struct Dispatch {
-    /// The outbox's pool.
-    pool: QueuePool,
-    js: jetstream::Context,
-    client: async_nats::Client,
-    opts: NatsOptions,
+    /// The connection, the options and the outbox's pool, shared with the relay task.
+    relay: Arc<Relay>,
     consumers: tokio::sync::Mutex<HashMap<String, PullConsumer>>,
     /// Consumers a fetch found empty: the wake-up epoch then, and until when fetches skip them (see
     /// [`EMPTY_SKIP`]).
     empty_until: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
     /// Bumped by every wake-up a [`super::Waker`] of this queue receives (a relay published).
     pub(super) epoch: Arc<AtomicU64>,
-    relay_wake: Arc<Notify>,
-    relay: tokio::task::JoinHandle<()>,
+    relay_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Dispatch {
     fn drop(&mut self) {
-        self.relay.abort();
+        self.relay_task.abort();
     }
 }
 
@@ -150,44 +146,32 @@ impl Dispatch {
         .map_err(|e| {
             StoreError::setup(format!("creating the JetStream stream {}", opts.stream), e)
         })?;
-        let relay_wake = Arc::new(Notify::new());
-        let relay = tokio::spawn(relay_loop(Relay {
-            pool: pool.clone(),
-            js: js.clone(),
-            client: client.clone(),
-            opts: opts.clone(),
-            wake: relay_wake.clone(),
-        }));
-        Ok(Dispatch {
+        let relay = Arc::new(Relay {
             pool,
             js,
             client,
             opts,
+            wake: Notify::new(),
+        });
+        Ok(Dispatch {
+            relay_task: tokio::spawn(relay_loop(relay.clone())),
+            relay,
             consumers: tokio::sync::Mutex::default(),
             empty_until: std::sync::Mutex::default(),
             epoch: Arc::default(),
-            relay_wake,
-            relay,
         })
     }
 
     /// Tells this process's relay that the outbox has rows.
     pub(super) fn outbox_written(&self) {
-        self.relay_wake.notify_one();
+        self.relay.wake.notify_one();
     }
 
     /// Publishes everything due in the outbox now (a short-lived process calls this before it exits).
     pub(super) async fn flush(&self) -> Result<u64, StoreError> {
-        let relay = Relay {
-            pool: self.pool.clone(),
-            js: self.js.clone(),
-            client: self.client.clone(),
-            opts: self.opts.clone(),
-            wake: self.relay_wake.clone(),
-        };
         let mut total = 0;
         loop {
-            let n = relay.once(true).await?;
+            let n = self.relay.once(true).await?;
             total += n;
             if n < RELAY_BATCH as u64 {
                 return Ok(total);
@@ -197,8 +181,9 @@ impl Dispatch {
 
     /// Core-NATS wake-ups the relay sends after it publishes.
     pub(super) async fn wake_subscription(&self) -> Result<async_nats::Subscriber, StoreError> {
-        self.client
-            .subscribe(wake_subject(&self.opts))
+        self.relay
+            .client
+            .subscribe(wake_subject(&self.relay.opts))
             .await
             .map_err(unavailable)
     }
@@ -215,8 +200,9 @@ impl Dispatch {
             return Ok(c.clone());
         }
         let stream = self
+            .relay
             .js
-            .get_stream(&self.opts.stream)
+            .get_stream(&self.relay.opts.stream)
             .await
             .map_err(unavailable)?;
         let c: PullConsumer = stream
@@ -224,10 +210,10 @@ impl Dispatch {
                 name,
                 jetstream::consumer::pull::Config {
                     durable_name: Some(name.to_owned()),
-                    filter_subject: subject(&self.opts, queue, kind, band),
+                    filter_subject: subject(&self.relay.opts, queue, kind, band),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait,
-                    max_deliver: self.opts.max_deliver,
+                    max_deliver: self.relay.opts.max_deliver,
                     max_ack_pending: 10_000,
                     ..Default::default()
                 },
@@ -259,7 +245,7 @@ impl Dispatch {
                     }
                     let name = format!(
                         "{}_{}_{}_{band}",
-                        self.opts.stream,
+                        self.relay.opts.stream,
                         token(queue),
                         token(kind)
                     );
@@ -367,7 +353,8 @@ struct Relay {
     js: jetstream::Context,
     client: async_nats::Client,
     opts: NatsOptions,
-    wake: Arc<Notify>,
+    /// Rung by this process's enqueues.
+    wake: Notify,
 }
 
 #[derive(sqlx::FromRow)]
@@ -380,7 +367,7 @@ struct OutboxRow {
     due_ms: i64,
 }
 
-async fn relay_loop(relay: Relay) {
+async fn relay_loop(relay: Arc<Relay>) {
     let mut last_sweep = Instant::now();
     let mut failing = false;
     loop {
