@@ -341,9 +341,18 @@ impl App {
                 api = api.nest_service(
                     &format!("/media/{sub}"),
                     tower::ServiceBuilder::new()
+                        .layer(axum::middleware::from_fn_with_state(
+                            m.blobs.clone(),
+                            routes::media::guard_reads,
+                        ))
                         .layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
                             header::CACHE_CONTROL,
-                            HeaderValue::from_static("public, max-age=31536000, immutable"),
+                            // Only a file found is cached for ever; an error must not be.
+                            |r: &axum::http::Response<_>| {
+                                r.status().is_success().then(|| {
+                                    HeaderValue::from_static("public, max-age=31536000, immutable")
+                                })
+                            },
                         ))
                         .service(files),
                 );

@@ -10,14 +10,15 @@
 //! scripts apply the same rules as L1, atomically, so an older value never replaces a newer one in Redis
 //! either, "absent" never hides a row that exists, and a deleted row cannot come back.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use metrics::{counter, gauge, Counter};
+use metrics::{counter, Counter};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tenfold_overload::Breaker;
 use tenfold_store::{ChangeFeed, FeedError, FeedEvent};
 use tokio::sync::mpsc;
 
@@ -97,101 +98,6 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.floor((new_tat - now) / 1000) + 1
 return 0
 "#;
 
-/// Consecutive failures that open the breaker.
-const TRIP_AFTER: u32 = 3;
-/// First open period; doubles while probes fail, up to `MAX_OPEN`.
-const MIN_OPEN: Duration = Duration::from_millis(250);
-const MAX_OPEN: Duration = Duration::from_secs(5);
-
-/// A circuit breaker: closed (calls pass), open (calls fail fast until a time), half-open (one probe at a
-/// time; a probe that neither succeeded nor failed within `PROBE_TIMEOUT`, because its caller went away,
-/// no longer blocks the next).
-#[derive(Debug)]
-pub(crate) struct Breaker {
-    failures: AtomicU32,
-    state: Mutex<BreakerState>,
-}
-
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-#[derive(Debug)]
-struct BreakerState {
-    open_until: Option<Instant>,
-    open_for: Duration,
-    probe_since: Option<Instant>,
-}
-
-impl Breaker {
-    pub(crate) fn new() -> Breaker {
-        Breaker {
-            failures: AtomicU32::new(0),
-            state: Mutex::new(BreakerState {
-                open_until: None,
-                open_for: MIN_OPEN,
-                probe_since: None,
-            }),
-        }
-    }
-
-    /// May a call go to Redis now? While open, no; once the open period is over, one probe at a time.
-    pub(crate) fn allow(&self) -> bool {
-        let Ok(mut s) = self.state.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        match s.open_until {
-            None => true,
-            Some(t) if now < t => false,
-            Some(_) => match s.probe_since {
-                Some(p) if now.duration_since(p) < PROBE_TIMEOUT => false,
-                _ => {
-                    s.probe_since = Some(now);
-                    true
-                }
-            },
-        }
-    }
-
-    pub(crate) fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if let Ok(mut s) = self.state.lock() {
-            if s.open_until.is_some() {
-                tracing::info!("Redis answers again: cache breaker closed");
-                gauge!("cache_redis_breaker_open").set(0.0);
-            }
-            s.open_until = None;
-            s.open_for = MIN_OPEN;
-            s.probe_since = None;
-        }
-    }
-
-    pub(crate) fn failure(&self) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let Ok(mut s) = self.state.lock() else {
-            return;
-        };
-        let probe_failed = s.probe_since.take().is_some();
-        if n < TRIP_AFTER && !probe_failed {
-            return;
-        }
-        if s.open_until.is_none() {
-            tracing::warn!("Redis is failing: cache breaker open, reads go to the database");
-        } else {
-            s.open_for = (s.open_for * 2).min(MAX_OPEN);
-        }
-        s.open_until = Some(Instant::now() + s.open_for);
-        gauge!("cache_redis_breaker_open").set(1.0);
-    }
-
-    /// True while calls are refused.
-    pub(crate) fn is_open(&self) -> bool {
-        self.state
-            .lock()
-            .map(|s| s.open_until.is_some())
-            .unwrap_or(true)
-    }
-}
-
 struct Counters {
     hit: Counter,
     negative_hit: Counter,
@@ -228,7 +134,7 @@ impl Redis {
             client,
             conn: Mutex::new(None),
             connecting: AtomicBool::new(false),
-            breaker: Breaker::new(),
+            breaker: Breaker::new("redis"),
             timeout: opts.timeout,
             prefix: opts.prefix.clone(),
             set_if_newer: redis::Script::new(SET_IF_NEWER),
@@ -581,44 +487,5 @@ mod tests {
         assert_eq!(decode(b"T5:"), None);
         assert_eq!(decode(b"D0:"), Some(Value::Absent));
         assert_eq!(decode(b"garbage"), None);
-    }
-
-    #[test]
-    #[allow(clippy::disallowed_methods)] // a plain test thread, no runtime to block
-    fn the_breaker_opens_after_failures_and_lets_one_probe_through() {
-        let b = Breaker::new();
-        for _ in 0..TRIP_AFTER {
-            assert!(b.allow());
-            b.failure();
-        }
-        assert!(b.is_open());
-        assert!(!b.allow(), "open: fail fast");
-        std::thread::sleep(MIN_OPEN + Duration::from_millis(20));
-        assert!(b.allow(), "one probe after the open period");
-        assert!(!b.allow(), "only one");
-        b.failure();
-        assert!(!b.allow(), "a failed probe opens it again, for longer");
-        std::thread::sleep(MIN_OPEN * 2 + Duration::from_millis(20));
-        assert!(b.allow());
-        b.success();
-        assert!(!b.is_open());
-        assert!(b.allow() && b.allow(), "closed again");
-    }
-
-    #[test]
-    #[allow(clippy::disallowed_methods)] // a plain test thread, no runtime to block
-    fn a_probe_that_never_reports_does_not_keep_the_breaker_open() {
-        let b = Breaker::new();
-        for _ in 0..TRIP_AFTER {
-            b.failure();
-        }
-        std::thread::sleep(MIN_OPEN + Duration::from_millis(20));
-        assert!(b.allow(), "the probe");
-        // Its caller went away: no success, no failure.
-        assert!(!b.allow());
-        std::thread::sleep(PROBE_TIMEOUT + Duration::from_millis(20));
-        assert!(b.allow(), "another probe once the first is overdue");
-        b.success();
-        assert!(!b.is_open());
     }
 }

@@ -54,7 +54,9 @@ impl Handler for ImportProducts {
             .as_str()
             .filter(|k| k.starts_with("imports/") && !k.contains(".."))
             .ok_or_else(|| JobError::Permanent("the job names no import file (args.key)".into()))?;
-        let bytes = tokio::fs::read(self.blobs.path(key))
+        let bytes = self
+            .blobs
+            .read(key)
             .await
             .map_err(|e| JobError::Retry(format!("cannot read {key}: {e}")))?;
         // Parsing is CPU work: off the async runtime, all rows at once (the file is bounded by the

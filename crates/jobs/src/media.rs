@@ -43,7 +43,9 @@ impl Handler for ImageRenditions {
         let stem = stem(key)
             .ok_or_else(|| JobError::Permanent(format!("{key:?} is not an original's key")))?
             .to_owned();
-        let bytes = tokio::fs::read(self.blobs.path(key))
+        let bytes = self
+            .blobs
+            .read(key)
             .await
             .map_err(|e| JobError::Retry(format!("cannot read {key}: {e}")))?;
         ctx.progress(10);

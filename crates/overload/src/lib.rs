@@ -10,14 +10,18 @@
 //! that ran to an outcome feed the limit ([`Permit::record`]), and a class can never use more than its
 //! share, so critical requests always find room a sheddable flood cannot take.
 //!
-//! [`gcra`] limits each client's request rate.
+//! [`gcra`] limits each client's request rate. A [`Breaker`] makes calls to a failing dependency fail
+//! fast, probes it and closes again when it answers.
 //!
 //! A [`Ladder`] turns sustained shedding into degradation steps (each turns more degradable features
 //! off) and back, with hysteresis.
 //!
 //! Entry points: [`Limiter::new`], [`Limiter::try_acquire`], [`Criticality`], [`Gradient2`], [`Ladder`].
 
+pub mod breaker;
 pub mod gcra;
+
+pub use breaker::{Breaker, BreakerOptions};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -227,6 +227,11 @@ pub struct JobsApp {
 /// The service over `db` with its job queue, blob storage for uploads (at most [`TEST_MAX_UPLOAD`]) and
 /// feature flags.
 pub async fn spawn_app_with_jobs(db: &TestDb) -> JobsApp {
+    spawn_app_with_blobs(db, tenfold_blobs::BlobOptions::default()).await
+}
+
+/// [`spawn_app_with_jobs`] with blob storage guarded by `opts` (a short deadline, quick breakers).
+pub async fn spawn_app_with_blobs(db: &TestDb, opts: tenfold_blobs::BlobOptions) -> JobsApp {
     let store = db.store().await;
     let flags = std::sync::Arc::new(
         tenfold_store::flags::FlagTable::connect(&db.url, Duration::from_secs(15))
@@ -240,7 +245,7 @@ pub async fn spawn_app_with_jobs(db: &TestDb) -> JobsApp {
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let blobs = std::sync::Arc::new(
-        tenfold_blobs::DirBlobs::open(dir.path())
+        tenfold_blobs::DirBlobs::open_with(dir.path(), opts)
             .await
             .expect("open the blob directory"),
     );

@@ -61,7 +61,29 @@ fn blob_error(e: BlobError) -> ApiError {
             detail: format!("blob storage failed: {io}"),
             retry_after: Duration::from_secs(5),
         },
+        BlobError::Unavailable { retry_after } => ApiError::Unavailable {
+            detail:
+                "blob storage has been failing; its breaker refuses uploads until a probe succeeds"
+                    .into(),
+            retry_after: retry_after.max(Duration::from_secs(1)),
+        },
     }
+}
+
+/// Serves `/media/...` files through the blob read breaker: refused at once (503) while reads of
+/// storage keep failing; a file server error counts as a failure, anything else (a 404 too) as an answer.
+pub(crate) async fn guard_reads(
+    State(blobs): State<Arc<DirBlobs>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let ticket = match blobs.begin_read() {
+        Ok(t) => t,
+        Err(e) => return blob_error(e).into_response(),
+    };
+    let resp = next.run(req).await;
+    ticket.report(resp.status().is_server_error());
+    resp
 }
 
 /// A declared length over the limit is refused before a byte is read.

@@ -8,7 +8,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tenfold_jobs::{builtin, media::ImageRenditions, Worker, WorkerOptions};
-use tenfold_test_support::{engines, spawn_app_with_jobs, TestDb, TEST_API_KEY, TEST_MAX_UPLOAD};
+use tenfold_test_support::{
+    engines, spawn_app_with_blobs, spawn_app_with_jobs, TestDb, TEST_API_KEY, TEST_MAX_UPLOAD,
+};
 
 use crate::helpers::{job_state, lamp, problem, until_finished};
 
@@ -225,6 +227,103 @@ async fn bad_uploads_get_clear_4xx_answers_and_leave_no_blob() {
     assert!(
         j.queue.stats().await.unwrap().is_empty(),
         "no job for a refused upload"
+    );
+    j.app.stop().await;
+}
+
+#[tokio::test]
+async fn failing_blob_storage_refuses_uploads_fast_keeps_serving_files_and_recovers() {
+    let db = TestDb::new(tenfold_test_support::Engine::Sqlite).await;
+    let opts = tenfold_blobs::BlobOptions {
+        op_timeout: Duration::from_secs(2),
+        breaker: tenfold_overload::BreakerOptions {
+            trip_after: 3,
+            min_open: Duration::from_millis(200),
+            max_open: Duration::from_millis(800),
+            probe_timeout: Duration::from_secs(1),
+        },
+    };
+    let j = spawn_app_with_blobs(&db, opts).await;
+    let base = j.app.base.clone();
+    let product = lamp(&j.app).await;
+    let v: Value = upload(&base, product, png(8, 8))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let file = format!("{base}{}", v["original"].as_str().unwrap());
+
+    // The storage volume loses its temporary directory: every write fails.
+    let tmp = j.blobs.root().join("tmp");
+    let away = j.blobs.root().join("tmp-away");
+    std::fs::rename(&tmp, &away).unwrap();
+    for _ in 0..3 {
+        let p = problem(
+            upload(&base, product, png(9, 9)).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("blob storage failed"),
+            "{p}"
+        );
+    }
+    // Open: refused at once with a Retry-After, and no job recorded for it.
+    let r = upload(&base, product, png(9, 9)).await;
+    assert!(r.headers().contains_key("retry-after"));
+    let p = problem(r, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(p["detail"].as_str().unwrap().contains("breaker"), "{p}");
+    let metrics = crate::helpers::metrics_text(&j.app).await;
+    assert!(
+        metrics.contains("breaker_open{target=\"blob_writes\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("breaker"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Files already stored are still served: reads have their own breaker.
+    let r = reqwest::get(&file).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    // A missing file is a 404 (an answer), and an error is never cached for ever.
+    let r = reqwest::get(format!("{base}/media/originals/none.png"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r
+        .headers()
+        .get("cache-control")
+        .is_none_or(|v| !v.to_str().unwrap().contains("immutable")));
+
+    // Storage comes back: a probe gets through, succeeds, and uploads work again.
+    std::fs::rename(&away, &tmp).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = upload(&base, product, png(9, 9)).await;
+        if r.status() == StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "uploads never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!j.blobs.writes_failing());
+    let stats = j.queue.stats().await.unwrap();
+    let jobs: i64 = stats.iter().map(|s| s.ready + s.scheduled).sum();
+    assert_eq!(
+        jobs, 2,
+        "one job per accepted upload, none for refused ones: {stats:?}"
     );
     j.app.stop().await;
 }

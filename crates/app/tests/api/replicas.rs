@@ -207,10 +207,39 @@ async fn a_replica_killed_under_read_load_fails_no_read() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let replica2 = server_label(&cluster.replicas[1]).to_owned();
+    let count = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{server=\"{replica2}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
     cluster.kill("replica2");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // Open: after the first failed read the replica is out of rotation (the monitor keeps it out
+    // while its probes fail), so a dead replica costs a handful of reads their retry, not every read.
+    let m = crate::helpers::metrics_text(&app).await;
+    let errors = count(&m, "db_replica_errors_total");
+    assert!(
+        (1.0..=8.0).contains(&errors),
+        "{errors} reads went to the dead replica"
+    );
+    let served_before = count(&m, "db_reads_total");
     cluster.restart_stopped();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Closed again: a probe finds it answering, and it serves reads again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = crate::helpers::metrics_text(&app).await;
+        if count(&m, "db_reads_total") > served_before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted replica never served again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for r in readers {
