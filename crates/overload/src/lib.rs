@@ -169,6 +169,8 @@ impl Default for LimiterOptions {
 #[derive(Debug)]
 pub struct Limiter {
     inflight: AtomicUsize,
+    /// Critical requests in flight (part of `inflight`).
+    critical: AtomicUsize,
     /// The limit as an integer, read on every admission.
     limit: AtomicUsize,
     algo: Mutex<Gradient2>,
@@ -196,6 +198,7 @@ impl Limiter {
         metrics::gauge!("concurrency_limit").set(limit as f64);
         Arc::new(Limiter {
             inflight: AtomicUsize::new(0),
+            critical: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
             algo: Mutex::new(algo),
             shares: opts.shares,
@@ -229,8 +232,39 @@ impl Limiter {
         ((self.limit() as f64 * self.shares[class as usize]).floor() as usize).max(1)
     }
 
-    /// Admits a request of `class` if the requests in flight are under its share of the limit.
+    /// How many critical requests are admitted whatever else is in flight: the part of the limit no
+    /// other class may fill (40% by default, at least 1).
+    pub fn critical_reserve(&self) -> usize {
+        let others = self.shares[Criticality::Degradable as usize]
+            .max(self.shares[Criticality::Sheddable as usize]);
+        ((self.limit() as f64 * (1.0 - others)).ceil() as usize).max(1)
+    }
+
+    /// Admits a request of `class` if the requests in flight are under its share of the limit; a
+    /// critical request is also admitted while fewer than [`Limiter::critical_reserve`] critical ones
+    /// are in flight. That reserve matters when the limit falls below what is already in flight (latency
+    /// rose: slow requests admitted under the old limit are still running): without it, critical
+    /// requests would be refused until those drained.
     pub fn try_acquire(self: &Arc<Self>, class: Criticality) -> Result<Permit, Shed> {
+        if class == Criticality::Critical {
+            let reserve = self.critical_reserve();
+            let taken = self
+                .critical
+                .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |c| {
+                    (c < reserve).then_some(c + 1)
+                })
+                .is_ok();
+            if taken {
+                let n = self.inflight.fetch_add(1, Ordering::AcqRel) + 1;
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                return Ok(Permit {
+                    limiter: self.clone(),
+                    started: Instant::now(),
+                    inflight: n,
+                    critical: true,
+                });
+            }
+        }
         let room = self.room(class);
         let mut current = self.inflight.load(Ordering::Relaxed);
         loop {
@@ -255,6 +289,7 @@ impl Limiter {
                         limiter: self.clone(),
                         started: Instant::now(),
                         inflight: current + 1,
+                        critical: false,
                     });
                 }
                 Err(now) => current = now,
@@ -280,6 +315,8 @@ pub struct Permit {
     limiter: Arc<Limiter>,
     started: Instant,
     inflight: usize,
+    /// Admitted from the critical reserve.
+    critical: bool,
 }
 
 impl Permit {
@@ -293,6 +330,9 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limiter.inflight.fetch_sub(1, Ordering::AcqRel);
+        if self.critical {
+            self.limiter.critical.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -514,6 +554,44 @@ mod tests {
         assert!(l.try_acquire(Criticality::Critical).is_ok());
         held.clear();
         assert_eq!(l.inflight(), 0, "every permit released once");
+    }
+
+    #[test]
+    fn critical_requests_keep_their_reserve_when_the_limit_falls_under_what_is_in_flight() {
+        let l = Limiter::new(LimiterOptions {
+            initial: 20,
+            min: 4,
+            max: 20,
+            shares: [0.3, 0.6, 1.0],
+        });
+        let mut slow = Vec::new();
+        for _ in 0..12 {
+            slow.push(l.try_acquire(Criticality::Degradable).unwrap());
+        }
+        // Latency rises: the limit falls far below the 12 slow requests still running.
+        for _ in 0..200 {
+            l.sample(Duration::from_millis(5), 12);
+        }
+        for _ in 0..50 {
+            l.sample(Duration::from_millis(500), 12);
+        }
+        assert!(l.limit() < 12, "limit {}", l.limit());
+        assert!(l.try_acquire(Criticality::Degradable).is_err());
+        let reserve = l.critical_reserve();
+        assert_eq!(reserve, ((l.limit() as f64 * 0.4).ceil() as usize).max(1));
+        let mut critical: Vec<_> = (0..reserve)
+            .map(|_| l.try_acquire(Criticality::Critical).expect("within the reserve"))
+            .collect();
+        assert!(
+            l.try_acquire(Criticality::Critical).is_err(),
+            "the reserve is bounded too"
+        );
+        critical.pop();
+        assert!(l.try_acquire(Criticality::Critical).is_ok(), "a freed slot is reused");
+        critical.clear();
+        slow.clear();
+        assert_eq!(l.inflight(), 0);
+        assert_eq!(l.critical.load(Ordering::Relaxed), 0, "every permit released once");
     }
 
     #[test]
