@@ -86,6 +86,8 @@ pub(crate) struct Inner {
     pub(crate) limiter: Option<Arc<tenfold_overload::Limiter>>,
     /// Per-client rate limiting (none with `http.rate_limit_per_s = 0`).
     pub(crate) rate_limit: Option<shed::RateLimit>,
+    /// Storefront pages rendered and compressed, by the hash of what they were made from.
+    pub(crate) pages: routes::pages::Memo,
 }
 
 /// Aborts a background task when dropped.
@@ -152,6 +154,7 @@ impl App {
                 flags: std::sync::OnceLock::new(),
                 default_flags: tenfold_flags::Flags::defaults(),
                 flag_table: std::sync::OnceLock::new(),
+                pages: routes::pages::memo(32),
                 rate_limit: (http.rate_limit_per_s > 0.0).then(|| {
                     let gcra = tenfold_overload::gcra::Gcra::new(
                         http.rate_limit_per_s,
@@ -358,6 +361,13 @@ impl App {
                 );
             }
         }
+        // The storefront: HTML over the same cached reads.
+        let api = api
+            .route("/", get(routes::pages::home))
+            .route("/products", get(routes::pages::products))
+            .route("/products/{id}", get(routes::pages::product))
+            .route("/search", get(routes::pages::search))
+            .route("/assets/{name}", get(routes::pages::asset));
         api.route_layer(axum::middleware::from_fn_with_state(
             self.clone(),
             shed::shed,

@@ -23,6 +23,8 @@ pub(crate) fn class_of(method: &Method, route: &str) -> Option<Criticality> {
         r if r.starts_with("/api/admin/flags") => return None,
         // The core: a product page, placing and reading an order, a customer's identity.
         "/api/products/{id}" if read => Critical,
+        // The storefront's core: the home page, a product page and the assets they need.
+        "/" | "/products/{id}" | "/assets/{name}" => Critical,
         "/api/orders" | "/api/orders/{id}" => Critical,
         "/api/customers/{id}/tokens" | "/api/customers/me" => Critical,
         // Lists, search, catalog edits, uploads: the service is still useful without them for a while.

@@ -68,8 +68,23 @@ pub const READ_ONLY: Flag = Flag {
     what: "maintenance: every write answers 503 with Retry-After; reads keep working; flags stay writable",
 };
 
+/// The storefront's enhancements (live search suggestions, infinite scroll): every page works without.
+pub const ENHANCEMENTS: Flag = Flag {
+    name: "enhancements",
+    feature: "storefront enhancements",
+    default: true,
+    what: "the storefront's script: live search suggestions, infinite scroll (off: plain pages, no script sent)",
+};
+
 /// Every flag the code evaluates.
-pub const KNOWN: &[Flag] = &[SEARCH, DEEP_PAGES, RENDITIONS, IMPORTS, READ_ONLY];
+pub const KNOWN: &[Flag] = &[
+    SEARCH,
+    DEEP_PAGES,
+    RENDITIONS,
+    IMPORTS,
+    READ_ONLY,
+    ENHANCEMENTS,
+];
 
 /// The known flag named `name`.
 pub fn known(name: &str) -> Option<Flag> {

@@ -580,18 +580,28 @@ mod tests {
         let reserve = l.critical_reserve();
         assert_eq!(reserve, ((l.limit() as f64 * 0.4).ceil() as usize).max(1));
         let mut critical: Vec<_> = (0..reserve)
-            .map(|_| l.try_acquire(Criticality::Critical).expect("within the reserve"))
+            .map(|_| {
+                l.try_acquire(Criticality::Critical)
+                    .expect("within the reserve")
+            })
             .collect();
         assert!(
             l.try_acquire(Criticality::Critical).is_err(),
             "the reserve is bounded too"
         );
         critical.pop();
-        assert!(l.try_acquire(Criticality::Critical).is_ok(), "a freed slot is reused");
+        assert!(
+            l.try_acquire(Criticality::Critical).is_ok(),
+            "a freed slot is reused"
+        );
         critical.clear();
         slow.clear();
         assert_eq!(l.inflight(), 0);
-        assert_eq!(l.critical.load(Ordering::Relaxed), 0, "every permit released once");
+        assert_eq!(
+            l.critical.load(Ordering::Relaxed),
+            0,
+            "every permit released once"
+        );
     }
 
     #[test]

@@ -6,4 +6,5 @@ pub(crate) mod jobs;
 pub(crate) mod media;
 pub(crate) mod ops;
 pub(crate) mod orders;
+pub(crate) mod pages;
 pub(crate) mod products;

@@ -7,7 +7,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use tenfold_catalog::{
     Category, CategorySlug, NewCategory, NewCategoryInput, NewProduct, NewProductInput, Product,
-    ProductPatch, ProductPatchInput,
+    ProductId, ProductPatch, ProductPatchInput,
 };
 use tenfold_store::{Cursor, ListQuery, MAX_PAGE};
 use utoipa::{IntoParams, ToSchema};
@@ -160,6 +160,23 @@ pub(crate) async fn get_product(
     ReadAfter(after): ReadAfter,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let value = product_value(&app, id, after).await?;
+    let (version, body) = cached::present(value).ok_or_else(|| not_found(id))?;
+    Ok(cached::answer(
+        &headers,
+        body,
+        etag(version),
+        &app.inner.caching.public,
+    ))
+}
+
+/// A product as the cache holds it (its JSON and version), loaded from the store on a miss; with a
+/// consistency token, read from a replica that has the write (or the primary), not from the cache.
+pub(crate) async fn product_value(
+    app: &App,
+    id: ProductId,
+    after: Option<tenfold_store::ConsistencyToken>,
+) -> ApiResult<Value> {
     let store = app.store().clone();
     let load = move || {
         let store = store.clone();
@@ -173,7 +190,7 @@ pub(crate) async fn get_product(
             })
         }
     };
-    let value = match after {
+    Ok(match after {
         Some(t) => tenfold_store::read_at_least(t, load()).await?,
         None => {
             app.cache()
@@ -181,14 +198,7 @@ pub(crate) async fn get_product(
                 .await?
                 .0
         }
-    };
-    let (version, body) = cached::present(value).ok_or_else(|| not_found(id))?;
-    Ok(cached::answer(
-        &headers,
-        body,
-        etag(version),
-        &app.inner.caching.public,
-    ))
+    })
 }
 
 /// Query parameters of `GET /api/products`.
@@ -296,13 +306,30 @@ pub(crate) async fn list_products(
         after,
         limit,
     };
+    let value = page_value(&app, query, p.cursor.as_deref(), read_after).await?;
+    Ok(cached::answer_page(
+        &headers,
+        value,
+        &app.inner.caching.public,
+    ))
+}
+
+/// A list page as the cache holds it (the JSON of a [`ProductPage`]), loaded on a miss; `cursor` is
+/// the query's cursor as the client sent it.
+pub(crate) async fn page_value(
+    app: &App,
+    query: ListQuery,
+    cursor: Option<&str>,
+    read_after: Option<tenfold_store::ConsistencyToken>,
+) -> ApiResult<Value> {
+    let limit = query.limit;
     // Everything that tells this page from another under the same tag.
     let canonical = {
         let mut c = form_urlencoded::Serializer::new(String::new());
         if let Some(s) = &query.search {
             c.append_pair("q", s);
         }
-        if let Some(cursor) = &p.cursor {
+        if let Some(cursor) = cursor {
             c.append_pair("cursor", cursor);
         }
         c.append_pair("limit", &limit.to_string());
@@ -324,15 +351,10 @@ pub(crate) async fn list_products(
             })
         }
     };
-    let value = match read_after {
+    Ok(match read_after {
         Some(t) => tenfold_store::read_at_least(t, load()).await?,
         None => app.cache().get_or_load(key, load).await?.0,
-    };
-    Ok(cached::answer_page(
-        &headers,
-        value,
-        &app.inner.caching.public,
-    ))
+    })
 }
 
 /// The response body of a page: the items, and the cursor and URL of the next page.
@@ -503,6 +525,16 @@ pub(crate) async fn list_categories(
     State(app): State<App>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let value = categories_value(&app).await?;
+    Ok(cached::answer_page(
+        &headers,
+        value,
+        &app.inner.caching.public,
+    ))
+}
+
+/// The category list as the cache holds it (the JSON of a [`CategoryList`]).
+pub(crate) async fn categories_value(app: &App) -> ApiResult<Value> {
     let key = app.cache().page_key(cached::CATEGORIES, "");
     let store = app.store().clone();
     let (value, _) = app
@@ -519,11 +551,7 @@ pub(crate) async fn list_categories(
             }
         })
         .await?;
-    Ok(cached::answer_page(
-        &headers,
-        value,
-        &app.inner.caching.public,
-    ))
+    Ok(value)
 }
 
 /// Create a category.

@@ -18,3 +18,4 @@ mod protocol;
 mod ratelimit;
 mod replicas;
 mod routes;
+mod storefront;

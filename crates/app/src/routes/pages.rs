@@ -1,0 +1,555 @@
+//! The storefront: HTML pages over the same cached reads as the API (`/`, `/products`, `/products/{id}`,
+//! `/search`) and the static assets (`/assets/{name}`). The markup is `tenfold-pages`; this module loads
+//! what a page shows and answers with it.
+//!
+//! A rendered page is kept in a small per-instance memo keyed by everything it was made from (the
+//! versions of the cached values, the flags and `Save-Data`), with its brotli and gzip bodies made once;
+//! the key is also its ETag, so a conditional request gets its 304 without rendering anything, and a
+//! write (a new version in the cache) yields a new page at once. Non-essential features follow their
+//! flags here too: with `search` off the search form is gone and `/search` says so; with `deep_pages`
+//! off a later page shows the first one and says why; with `enhancements` off no script is sent.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Deserialize;
+use tenfold_cache::Value;
+use tenfold_catalog::{CategorySlug, Product, ProductId};
+use tenfold_pages::{Chrome, ListView};
+use tenfold_store::{Cursor, ListQuery};
+
+use crate::error::ApiError;
+use crate::routes::products::{
+    categories_value, page_value, product_value, CategoryList, ProductPage,
+};
+use crate::{cached, App};
+
+/// Products on a list page, and featured on the home page.
+const PAGE: u32 = 24;
+const FEATURED: u32 = 8;
+
+/// A page as sent: its ETag and its bodies.
+pub(crate) struct Rendered {
+    etag: HeaderValue,
+    status: StatusCode,
+    raw: Bytes,
+    br: Bytes,
+    gz: Bytes,
+}
+
+/// Rendered pages of this instance, by the hash of their inputs.
+pub(crate) type Memo = moka::sync::Cache<u64, Arc<Rendered>>;
+
+/// A memo of at most `mib` MiB of pages.
+pub(crate) fn memo(mib: u64) -> Memo {
+    moka::sync::Cache::builder()
+        .max_capacity(mib * 1024 * 1024)
+        .weigher(|_, r: &Arc<Rendered>| {
+            (r.raw.len() + r.br.len() + r.gz.len() + 128).min(u32::MAX as usize) as u32
+        })
+        .build()
+}
+
+/// FNV-1a over the parts of a page's identity.
+struct Fingerprint(u64);
+
+impl Fingerprint {
+    fn new(kind: &str) -> Fingerprint {
+        let mut f = Fingerprint(0xcbf2_9ce4_8422_2325);
+        f.add(kind.as_bytes());
+        // The assets' names change with their bytes: a new build is a new page.
+        for a in tenfold_pages::assets::all() {
+            f.add(a.name.as_bytes());
+        }
+        f
+    }
+
+    fn add(&mut self, bytes: &[u8]) -> &mut Self {
+        for b in bytes.iter().chain([&0xffu8]) {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+        self
+    }
+}
+
+/// The request's view of the page chrome, before the categories are known.
+struct Want {
+    enhance: bool,
+    search: bool,
+    save_data: bool,
+}
+
+fn want(app: &App, headers: &HeaderMap) -> Want {
+    let client = crate::routes::flags::client_key(headers);
+    let flags = app.flags();
+    Want {
+        enhance: flags.is_on(&tenfold_flags::ENHANCEMENTS, client),
+        search: flags.is_on(&tenfold_flags::SEARCH, client),
+        save_data: headers
+            .get("save-data")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("on")),
+    }
+}
+
+impl Want {
+    fn add_to(&self, f: &mut Fingerprint) {
+        f.add(&[
+            u8::from(self.enhance),
+            u8::from(self.search),
+            u8::from(self.save_data),
+        ]);
+    }
+
+    fn chrome(&self, categories: Vec<tenfold_catalog::Category>) -> Chrome {
+        Chrome {
+            enhance: self.enhance,
+            save_data: self.save_data,
+            search: self.search,
+            categories,
+        }
+    }
+}
+
+fn body_of(v: Value) -> Option<(i64, Bytes)> {
+    cached::present(v)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Internal(Box::new(e)))
+}
+
+/// The categories for the navigation: their cached body (part of every page's identity) and values.
+async fn categories(app: &App) -> Result<Bytes, ApiError> {
+    Ok(body_of(categories_value(app).await?)
+        .map(|(_, b)| b)
+        .unwrap_or_default())
+}
+
+fn category_list(body: &[u8]) -> Result<Vec<tenfold_catalog::Category>, ApiError> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(decode::<CategoryList>(body)?.items)
+}
+
+/// Answers with the memoized page `key`, rendering it with `render` if it is not there; 304 when the
+/// client has it.
+fn answer(
+    app: &App,
+    headers: &HeaderMap,
+    key: u64,
+    render: impl FnOnce() -> Result<(StatusCode, String), ApiError>,
+) -> Result<Response, ApiError> {
+    let etag = HeaderValue::from_str(&format!("W/\"h{key:016x}\""))
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let vary = HeaderValue::from_static("accept-encoding, save-data");
+    if cached::not_modified(headers, &etag) {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::ETAG, etag);
+        h.insert(header::CACHE_CONTROL, app.inner.caching.public.clone());
+        h.insert(header::VARY, vary);
+        return Ok(resp);
+    }
+    let page = match app.inner.pages.get(&key) {
+        Some(p) => p,
+        None => {
+            let (status, html) = render()?;
+            let page = Arc::new(compress(etag, status, html));
+            if status.is_success() {
+                app.inner.pages.insert(key, page.clone());
+            }
+            page
+        }
+    };
+    let accepts = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|v| {
+            let mut parts = v.split(';');
+            let name = parts.next()?.trim().to_ascii_lowercase();
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            (!refused).then_some(name)
+        })
+        .collect::<Vec<_>>();
+    let (body, encoding) = if accepts.iter().any(|e| e == "br") {
+        (page.br.clone(), Some("br"))
+    } else if accepts.iter().any(|e| e == "gzip") {
+        (page.gz.clone(), Some("gzip"))
+    } else {
+        (page.raw.clone(), None)
+    };
+    let mut resp = (page.status, body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    if let Some(e) = encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
+    }
+    h.insert(header::VARY, vary);
+    if page.status.is_success() {
+        h.insert(header::ETAG, page.etag.clone());
+        h.insert(header::CACHE_CONTROL, app.inner.caching.public.clone());
+    } else {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    Ok(resp)
+}
+
+fn compress(etag: HeaderValue, status: StatusCode, html: String) -> Rendered {
+    use std::io::Write;
+    let raw = Bytes::from(html);
+    let mut br = Vec::with_capacity(raw.len() / 3);
+    {
+        // Quality 6: most of brotli's gain at a fraction of 11's cost; each page is compressed once.
+        let mut w = brotli::CompressorWriter::new(&mut br, 4096, 6, 22);
+        let _ = w.write_all(&raw);
+    }
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 3),
+        flate2::Compression::new(6),
+    );
+    let _ = gz.write_all(&raw);
+    let gz = gz.finish().unwrap_or_default();
+    Rendered {
+        etag,
+        status,
+        raw,
+        br: Bytes::from(br),
+        gz: Bytes::from(gz),
+    }
+}
+
+/// An error as a page: the status (and Retry-After) of the API's answer, in HTML.
+fn error_page(w: &Want, e: ApiError) -> Response {
+    let title = match &e {
+        ApiError::NotFound(_) => "Not found",
+        ApiError::BadRequest(_) | ApiError::Validation(_) => "That request is not valid",
+        ApiError::Unavailable { .. } | ApiError::TooManyRequests { .. } => {
+            "Temporarily unavailable"
+        }
+        _ => "Something went wrong",
+    };
+    let text = match &e {
+        ApiError::Validation(v) => {
+            v.0.iter()
+                .map(|f| f.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        ApiError::Internal(_) => {
+            "Something went wrong on our side. Please try again in a moment.".to_owned()
+        }
+        other => other.to_string(),
+    };
+    let api = e.into_response();
+    let c = w.chrome(Vec::new());
+    let mut resp = (
+        api.status(),
+        tenfold_pages::message(&c, title, &text).into_string(),
+    )
+        .into_response();
+    let h = resp.headers_mut();
+    for name in [header::RETRY_AFTER, tenfold_http::X_LOAD_SHED.clone()] {
+        if let Some(v) = api.headers().get(&name) {
+            h.insert(name, v.clone());
+        }
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /`.
+pub(crate) async fn home(State(app): State<App>, headers: HeaderMap) -> Response {
+    let w = want(&app, &headers);
+    let result = async {
+        let cats = categories(&app).await?;
+        let query = ListQuery {
+            category: None,
+            search: None,
+            after: None,
+            limit: FEATURED,
+        };
+        let page = body_of(page_value(&app, query, None, None).await?)
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let mut f = Fingerprint::new("home");
+        w.add_to(&mut f);
+        f.add(&cats).add(&page);
+        answer(&app, &headers, f.0, || {
+            let categories = category_list(&cats)?;
+            let featured: ProductPage = decode(&page)?;
+            Ok((
+                StatusCode::OK,
+                tenfold_pages::home(&w.chrome(categories), &featured.items).into_string(),
+            ))
+        })
+    }
+    .await;
+    result.unwrap_or_else(|e| error_page(&w, e))
+}
+
+/// Query parameters of `/products` and `/search`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ListParams {
+    category: Option<String>,
+    q: Option<String>,
+    cursor: Option<String>,
+}
+
+/// `GET /products`.
+pub(crate) async fn products(
+    State(app): State<App>,
+    headers: HeaderMap,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    list(app, headers, params.ok().map(|q| q.0), false).await
+}
+
+/// `GET /search`.
+pub(crate) async fn search(
+    State(app): State<App>,
+    headers: HeaderMap,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    list(app, headers, params.ok().map(|q| q.0), true).await
+}
+
+async fn list(app: App, headers: HeaderMap, p: Option<ListParams>, is_search: bool) -> Response {
+    let w = want(&app, &headers);
+    let result =
+        async {
+            let Some(p) = p else {
+                return Err(ApiError::BadRequest("the query string is malformed".into()));
+            };
+            let mut errs = tenfold_catalog::ValidationErrors::default();
+            let category = p
+                .category
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .and_then(|c| errs.check("category", CategorySlug::parse(c)));
+            let q =
+                p.q.as_deref()
+                    .map(str::trim)
+                    .filter(|q| !q.is_empty() && is_search);
+            if let Some(q) = q {
+                if q.chars().count() > 100 || q.chars().any(char::is_control) {
+                    errs.check::<()>(
+                    "q",
+                    Err("search text must be at most 100 characters, without control characters"
+                        .into()),
+                );
+                }
+            }
+            let mut cursor = p
+                .cursor
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .and_then(|c| errs.check("cursor", Cursor::decode(c)).map(|k| (c, k)));
+            if !errs.0.is_empty() {
+                return Err(ApiError::Validation(errs));
+            }
+            let client = crate::routes::flags::client_key(&headers);
+            let mut notice = None;
+            let deep_pages = app.flags().is_on(&tenfold_flags::DEEP_PAGES, client);
+            if cursor.is_some() && !deep_pages {
+                notice = Some(off_notice(
+                    &app,
+                    &tenfold_flags::DEEP_PAGES,
+                    "Showing the first page.",
+                ));
+                cursor = None;
+            }
+            let searching = match q {
+                Some(_) if !w.search => {
+                    notice = Some(off_notice(
+                        &app,
+                        &tenfold_flags::SEARCH,
+                        "Browse by category meanwhile.",
+                    ));
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            };
+            let cats = categories(&app).await?;
+            let page = if is_search && !searching {
+                Bytes::new()
+            } else {
+                let query = ListQuery {
+                    category: category.clone(),
+                    search: q.filter(|_| searching).map(str::to_owned),
+                    after: cursor.map(|(_, k)| k),
+                    limit: PAGE,
+                };
+                body_of(page_value(&app, query, cursor.map(|(c, _)| c), None).await?)
+                    .map(|(_, b)| b)
+                    .unwrap_or_default()
+            };
+            let mut f = Fingerprint::new(if is_search { "search" } else { "products" });
+            w.add_to(&mut f);
+            f.add(&cats)
+                .add(&page)
+                .add(category.as_ref().map_or("", |c| c.as_str()).as_bytes())
+                .add(q.unwrap_or("").as_bytes())
+                .add(notice.as_deref().unwrap_or("").as_bytes())
+                .add(&[u8::from(deep_pages)]);
+            answer(&app, &headers, f.0, || {
+                let categories = category_list(&cats)?;
+                let (items, next_cursor) = if page.is_empty() {
+                    (Vec::new(), None)
+                } else {
+                    let page: ProductPage = decode(&page)?;
+                    (page.items, page.next_cursor)
+                };
+                let action = if is_search { "/search" } else { "/products" };
+                // With deep pages off, no link leads to one.
+                let next = next_cursor.filter(|_| deep_pages).map(|c| {
+                    let mut s = form_urlencoded::Serializer::new(String::new());
+                    if let Some(q) = q {
+                        s.append_pair("q", q);
+                    }
+                    if let Some(cat) = &category {
+                        s.append_pair("category", cat.as_str());
+                    }
+                    s.append_pair("cursor", &c);
+                    format!("{action}?{}", s.finish())
+                });
+                let heading = match (is_search, q, &category) {
+                    (true, Some(q), _) => format!("Results for “{q}”"),
+                    (true, None, _) => "Search".to_owned(),
+                    (false, _, Some(c)) => categories
+                        .iter()
+                        .find(|x| x.slug == c.as_str())
+                        .map_or_else(|| c.as_str().to_owned(), |x| x.name.clone()),
+                    (false, _, None) => "All products".to_owned(),
+                };
+                let hint = (is_search && q.is_none() && notice.is_none())
+                    .then_some("Type what you are looking for above.");
+                let view = ListView {
+                    heading: &heading,
+                    category: category.as_ref().map(|c| c.as_str()),
+                    q,
+                    action,
+                    items: &items,
+                    next,
+                    notice: notice.as_deref().or(hint),
+                };
+                Ok((
+                    StatusCode::OK,
+                    tenfold_pages::products(&w.chrome(categories), &view).into_string(),
+                ))
+            })
+        }
+        .await;
+    result.unwrap_or_else(|e| error_page(&w, e))
+}
+
+fn off_notice(app: &App, flag: &tenfold_flags::Flag, then: &str) -> String {
+    let why = if app.flags().is_auto_off(flag) {
+        "turned off for a while because the service is busy"
+    } else {
+        "turned off for now"
+    };
+    let mut feature = flag.feature.to_owned();
+    if let Some(first) = feature.get(..1) {
+        feature = first.to_uppercase() + &feature[1..];
+    }
+    format!("{feature} is {why}. {then}")
+}
+
+/// `GET /products/{id}`.
+pub(crate) async fn product(
+    State(app): State<App>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let w = want(&app, &headers);
+    let result = async {
+        let id = raw
+            .parse::<i64>()
+            .ok()
+            .and_then(|n| ProductId::new(n).ok())
+            .ok_or_else(|| ApiError::NotFound("there is no such product".into()))?;
+        let cats = categories(&app).await?;
+        let (version, body) = body_of(product_value(&app, id, None).await?)
+            .ok_or_else(|| ApiError::NotFound(format!("there is no product {}", id.get())))?;
+        let mut f = Fingerprint::new("product");
+        w.add_to(&mut f);
+        f.add(&cats)
+            .add(&id.get().to_le_bytes())
+            .add(&version.to_le_bytes());
+        answer(&app, &headers, f.0, || {
+            let categories = category_list(&cats)?;
+            let p: Product = decode(&body)?;
+            Ok((
+                StatusCode::OK,
+                tenfold_pages::product(&w.chrome(categories), &p, &[]).into_string(),
+            ))
+        })
+    }
+    .await;
+    result.unwrap_or_else(|e| error_page(&w, e))
+}
+
+/// `GET /assets/{name}`: a fingerprinted asset, cached for a year, precompressed.
+pub(crate) async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let Some(a) = tenfold_pages::assets::get(&name) else {
+        return ApiError::NotFound(format!("there is no asset {name:?}")).into_response();
+    };
+    let etag = HeaderValue::from_str(&format!("\"{}\"", a.name))
+        .unwrap_or(HeaderValue::from_static("\"asset\""));
+    let accept = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let has = |e: &str| {
+        accept.split(',').any(|x| {
+            let mut it = x.split(';');
+            it.next().is_some_and(|n| n.trim().eq_ignore_ascii_case(e))
+                && !it.any(|p| p.trim() == "q=0")
+        })
+    };
+    let mut resp = if cached::not_modified(&headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else if has("br") {
+        let mut r = Bytes::from_static(a.br).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
+        r
+    } else if has("gzip") {
+        let mut r = Bytes::from_static(a.gz).into_response();
+        r.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        r
+    } else {
+        Bytes::from_static(a.raw).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(a.mime));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    h.insert(header::ETAG, etag);
+    h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    resp
+}
