@@ -30,7 +30,7 @@ impl Drop for Driver {
     }
 }
 
-fn driver() -> Driver {
+async fn driver() -> Driver {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -45,7 +45,7 @@ fn driver() -> Driver {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "chromedriver did not start");
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Driver {
         child,
@@ -177,7 +177,7 @@ async fn accessible(c: &Client, page: &str) {
 #[tokio::test]
 async fn without_javascript_every_step_works_through_links_and_forms() {
     let (_db, j) = seeded().await;
-    let d = driver();
+    let d = driver().await;
     let c = browser(&d, false).await;
     let base = j.app.base.clone();
 
@@ -265,7 +265,7 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
 #[tokio::test]
 async fn with_javascript_search_suggests_and_scrolling_appends_pages_without_duplicates() {
     let (_db, j) = seeded().await;
-    let d = driver();
+    let d = driver().await;
     let c = browser(&d, true).await;
     let base = j.app.base.clone();
 
@@ -346,7 +346,7 @@ async fn with_javascript_search_suggests_and_scrolling_appends_pages_without_dup
 #[tokio::test]
 async fn a_failing_enhancement_falls_back_to_the_plain_link_and_the_keyboard_reaches_everything() {
     let (_db, j) = seeded().await;
-    let d = driver();
+    let d = driver().await;
     let c = browser(&d, true).await;
     let base = j.app.base.clone();
 
