@@ -149,18 +149,26 @@ pub struct LimiterOptions {
     pub max: u32,
     /// The share of the limit each class may fill, least critical first (critical: all of it).
     pub shares: [f64; 3],
+    /// Latencies are averaged over windows of at least this long (and at least 10 requests, or any
+    /// number after a second) before they move the limit; zero feeds every request on its own.
+    pub window: Duration,
 }
 
 impl Default for LimiterOptions {
     /// 100 at start, between 8 and 1,000; sheddable requests may fill 30% of the limit, degradable ones
     /// 60%, critical ones all of it (so 40% is always kept for critical requests: measured with
     /// bench/overload.sh, 75% for degradable let a flood of slow searches crowd out cached product reads).
+    /// Latency is averaged over 100 ms windows, as Netflix's `WindowedLimit` does: fed one request at a
+    /// time, a mix of 0.3 ms cached reads and 200 ms searches swings the gradient between its bounds, and
+    /// bench/overload.sh saw the limit climb to its maximum while searches queued for seconds, then
+    /// collapse to its minimum.
     fn default() -> Self {
         LimiterOptions {
             initial: 100,
             min: 8,
             max: 1_000,
             shares: [0.3, 0.6, 1.0],
+            window: Duration::from_millis(100),
         }
     }
 }
@@ -173,10 +181,43 @@ pub struct Limiter {
     critical: AtomicUsize,
     /// The limit as an integer, read on every admission.
     limit: AtomicUsize,
-    algo: Mutex<Gradient2>,
+    algo: Mutex<Sampler>,
     shares: [f64; 3],
     shed: [AtomicU64; 3],
     admitted: AtomicU64,
+}
+
+/// The limit's algorithm and the window of latencies not fed to it yet.
+#[derive(Debug)]
+struct Sampler {
+    algo: Gradient2,
+    every: Duration,
+    started: Instant,
+    sum: Duration,
+    count: u32,
+    inflight: usize,
+}
+
+impl Sampler {
+    /// Adds a request; when the window is complete, feeds its average latency (and the most requests
+    /// in flight seen in it) to the algorithm and returns the new limit.
+    fn add(&mut self, rtt: Duration, inflight: usize) -> Option<f64> {
+        self.sum += rtt;
+        self.count += 1;
+        self.inflight = self.inflight.max(inflight);
+        let age = self.started.elapsed();
+        let full = age >= self.every && (self.count >= 10 || self.every.is_zero());
+        if !full && age < Duration::from_secs(1) {
+            return None;
+        }
+        let avg = self.sum / self.count;
+        let limit = self.algo.sample(avg, self.inflight);
+        self.started = Instant::now();
+        self.sum = Duration::ZERO;
+        self.count = 0;
+        self.inflight = 0;
+        Some(limit)
+    }
 }
 
 /// The reason a request was refused.
@@ -200,7 +241,14 @@ impl Limiter {
             inflight: AtomicUsize::new(0),
             critical: AtomicUsize::new(0),
             limit: AtomicUsize::new(limit),
-            algo: Mutex::new(algo),
+            algo: Mutex::new(Sampler {
+                algo,
+                every: opts.window,
+                started: Instant::now(),
+                sum: Duration::ZERO,
+                count: 0,
+                inflight: 0,
+            }),
             shares: opts.shares,
             shed: Default::default(),
             admitted: AtomicU64::new(0),
@@ -302,7 +350,10 @@ impl Limiter {
             .algo
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let limit = algo.sample(rtt, inflight) as usize;
+        let Some(limit) = algo.add(rtt, inflight) else {
+            return;
+        };
+        let limit = limit as usize;
         if self.limit.swap(limit, Ordering::Relaxed) != limit {
             metrics::gauge!("concurrency_limit").set(limit as f64);
         }
@@ -534,6 +585,7 @@ mod tests {
             min: 8,
             max: 8,
             shares: [0.5, 0.75, 1.0],
+            window: Duration::ZERO,
         });
         let mut held = Vec::new();
         for _ in 0..4 {
@@ -556,6 +608,47 @@ mod tests {
         assert_eq!(l.inflight(), 0, "every permit released once");
     }
 
+    /// A steady mix of fast (cached) and slow (search) requests, then the slow part queueing up. Fed
+    /// per request, the mix alone looks like queueing (each slow sample is far above an average the
+    /// fast ones drag down) and the limit sinks to its floor while nothing is wrong; averaged per
+    /// window, it holds while latency holds and falls once latency rises.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a plain test thread, no runtime to block
+    fn windowed_latency_tells_a_steady_mix_from_queueing() {
+        let run = |window: Duration, rising: bool| {
+            let l = Limiter::new(LimiterOptions {
+                initial: 100,
+                min: 8,
+                max: 1_000,
+                shares: [0.3, 0.6, 1.0],
+                window,
+            });
+            let mut slow = 0.02;
+            for round in 0..60 {
+                if rising && round >= 20 {
+                    slow *= 1.15;
+                }
+                for i in 0..10 {
+                    let rtt = if i < 3 { 0.0003 } else { slow };
+                    l.sample(Duration::from_secs_f64(rtt), 90);
+                }
+                if !window.is_zero() {
+                    std::thread::sleep(window);
+                }
+            }
+            l.limit()
+        };
+        let w = Duration::from_millis(2);
+        let (steady, queueing) = (run(w, false), run(w, true));
+        assert!(steady >= 100, "windowed, steady mix: {steady}");
+        assert!(queueing < 50, "windowed, queueing: {queueing}");
+        let per_request = run(Duration::ZERO, false);
+        assert!(
+            per_request < steady / 2,
+            "per request, the steady mix already sank the limit: {per_request}"
+        );
+    }
+
     #[test]
     fn critical_requests_keep_their_reserve_when_the_limit_falls_under_what_is_in_flight() {
         let l = Limiter::new(LimiterOptions {
@@ -563,6 +656,7 @@ mod tests {
             min: 4,
             max: 20,
             shares: [0.3, 0.6, 1.0],
+            window: Duration::ZERO,
         });
         let mut slow = Vec::new();
         for _ in 0..12 {
