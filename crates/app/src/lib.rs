@@ -88,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) rate_limit: Option<shed::RateLimit>,
     /// Storefront pages rendered and compressed, by the hash of what they were made from.
     pub(crate) pages: routes::pages::Memo,
+    /// Products' media with renditions, read at most every 2 s per product.
+    pub(crate) media_memo: routes::pages::MediaMemo,
 }
 
 /// Aborts a background task when dropped.
@@ -155,6 +157,7 @@ impl App {
                 default_flags: tenfold_flags::Flags::defaults(),
                 flag_table: std::sync::OnceLock::new(),
                 pages: routes::pages::memo(32),
+                media_memo: routes::pages::media_memo(),
                 rate_limit: (http.rate_limit_per_s > 0.0).then(|| {
                     let gcra = tenfold_overload::gcra::Gcra::new(
                         http.rate_limit_per_s,

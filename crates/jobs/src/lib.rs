@@ -50,6 +50,12 @@ pub struct JobCtx {
 }
 
 impl JobCtx {
+    /// The queue the job came from (for handlers that record what they made next to it, such as the
+    /// media table's renditions).
+    pub fn queue(&self) -> &JobQueue {
+        &self.queue
+    }
+
     /// Reports progress (0-100); it reaches the queue with the next heartbeat.
     pub fn progress(&self, percent: u8) {
         self.progress.store(percent.min(100), Ordering::Relaxed);

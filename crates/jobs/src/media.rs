@@ -70,6 +70,12 @@ impl Handler for ImageRenditions {
                 "url": format!("/media/{name}"),
             }));
         }
+        // Recorded with the media row, so that product pages can offer them after the job is pruned.
+        let out = serde_json::Value::Array(out);
+        ctx.queue()
+            .record_renditions(key, &out)
+            .await
+            .map_err(|e| JobError::Retry(format!("cannot record the renditions: {e}")))?;
         Ok(json!({ "renditions": out }))
     }
 }

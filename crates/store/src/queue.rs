@@ -129,6 +129,17 @@ pub struct NewMedia {
     pub size: u64,
 }
 
+/// A product's media with the renditions its job made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaRenditions {
+    /// The media row.
+    pub id: i64,
+    /// The original's blob key.
+    pub blob_key: String,
+    /// What the job recorded: `[{name, format, width, height, bytes, url}, ...]`.
+    pub renditions: serde_json::Value,
+}
+
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -551,6 +562,53 @@ impl JobQueue {
         });
         self.wake(&job.queue).await;
         Ok((media_id, job_of(row)?.0))
+    }
+
+    /// Records the renditions made of the original at `blob_key` (every media row with that original:
+    /// the same bytes uploaded twice share it). Idempotent: a job that runs again writes the same.
+    pub async fn record_renditions(
+        &self,
+        blob_key: &str,
+        renditions: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let json = serde_json::to_string(renditions).map_err(|e| StoreError::Other(Box::new(e)))?;
+        let sql = "UPDATE media SET renditions = ? WHERE blob_key = ?";
+        let n = on_queue!(&self.pool, |p, ph| {
+            sqlx::query(&ph(sql))
+                .bind(&json)
+                .bind(blob_key)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(n)
+    }
+
+    /// The media of a product whose renditions are ready, oldest first (at most `limit`).
+    pub async fn product_media(
+        &self,
+        product_id: i64,
+        limit: u32,
+    ) -> Result<Vec<MediaRenditions>, StoreError> {
+        let sql = "SELECT id, blob_key, renditions FROM media \
+                   WHERE product_id = ? AND renditions IS NOT NULL ORDER BY id LIMIT ?";
+        let rows: Vec<(i64, String, String)> = on_queue!(&self.pool, |p, ph| {
+            sqlx::query_as(&ph(sql))
+                .bind(product_id)
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, blob_key, r)| {
+                Some(MediaRenditions {
+                    id,
+                    blob_key,
+                    renditions: serde_json::from_str(&r).ok()?,
+                })
+            })
+            .collect())
     }
 
     /// A job by id.

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tenfold_cache::Value;
 use tenfold_catalog::{CategorySlug, Product, ProductId};
-use tenfold_pages::{Chrome, ListView};
+use tenfold_pages::{Chrome, Image, ListView};
+use tenfold_store::queue::MediaRenditions;
 use tenfold_store::{Cursor, ListQuery};
 
 use crate::error::ApiError;
@@ -42,6 +43,74 @@ pub(crate) struct Rendered {
 
 /// Rendered pages of this instance, by the hash of their inputs.
 pub(crate) type Memo = moka::sync::Cache<u64, Arc<Rendered>>;
+
+/// Each product's media with renditions ready, read from the media table at most every 2 s per product
+/// on each instance (renditions appear when a worker finishes; a product page shows them within 2 s).
+pub(crate) type MediaMemo = moka::sync::Cache<i64, Arc<Vec<MediaRenditions>>>;
+
+/// The media memo: 10,000 products, 2 s each.
+pub(crate) fn media_memo() -> MediaMemo {
+    moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_live(std::time::Duration::from_secs(2))
+        .build()
+}
+
+/// Images shown on a product page, at most.
+const MAX_IMAGES: u32 = 12;
+
+async fn product_media(app: &App, id: i64) -> Arc<Vec<MediaRenditions>> {
+    if let Some(m) = app.inner.media_memo.get(&id) {
+        return m;
+    }
+    let Some(queue) = app.inner.jobs.get() else {
+        return Arc::default();
+    };
+    match queue.product_media(id, MAX_IMAGES).await {
+        Ok(list) => {
+            let list = Arc::new(list);
+            app.inner.media_memo.insert(id, list.clone());
+            list
+        }
+        Err(e) => {
+            // Images are not essential: the page goes out without them.
+            tracing::warn!(product = id, error = %e, "cannot read the product's media");
+            Arc::default()
+        }
+    }
+}
+
+/// The `<picture>` data of a media row's renditions (images only; a video's poster is a rendition too).
+fn image_of(m: &MediaRenditions, alt: String) -> Option<Image> {
+    let mut jpeg = Vec::new();
+    let mut webp = Vec::new();
+    let (mut width, mut height) = (0, 0);
+    for r in m.renditions.as_array()? {
+        let url = r["url"].as_str()?.to_owned();
+        let w = u32::try_from(r["width"].as_u64()?).ok()?;
+        let h = u32::try_from(r["height"].as_u64()?).ok()?;
+        match r["format"].as_str()? {
+            "jpg" => jpeg.push((url, w)),
+            "webp" => webp.push((url, w)),
+            _ => continue,
+        }
+        if w > width {
+            (width, height) = (w, h);
+        }
+    }
+    if jpeg.is_empty() {
+        return None;
+    }
+    jpeg.sort_by_key(|(_, w)| *w);
+    webp.sort_by_key(|(_, w)| *w);
+    Some(Image {
+        alt,
+        width,
+        height,
+        jpeg,
+        webp,
+    })
+}
 
 /// A memo of at most `mib` MiB of pages.
 pub(crate) fn memo(mib: u64) -> Memo {
@@ -492,17 +561,33 @@ pub(crate) async fn product(
         let cats = categories(&app).await?;
         let (version, body) = body_of(product_value(&app, id, None).await?)
             .ok_or_else(|| ApiError::NotFound(format!("there is no product {}", id.get())))?;
+        let media = product_media(&app, id.get()).await;
         let mut f = Fingerprint::new("product");
         w.add_to(&mut f);
         f.add(&cats)
             .add(&id.get().to_le_bytes())
             .add(&version.to_le_bytes());
+        for m in media.iter() {
+            f.add(&m.id.to_le_bytes());
+        }
         answer(&app, &headers, f.0, || {
             let categories = category_list(&cats)?;
             let p: Product = decode(&body)?;
+            let images: Vec<Image> = media
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| {
+                    let alt = if i == 0 {
+                        p.name.clone()
+                    } else {
+                        format!("{}, picture {}", p.name, i + 1)
+                    };
+                    image_of(m, alt)
+                })
+                .collect();
             Ok((
                 StatusCode::OK,
-                tenfold_pages::product(&w.chrome(categories), &p, &[]).into_string(),
+                tenfold_pages::product(&w.chrome(categories), &p, &images).into_string(),
             ))
         })
     }

@@ -141,6 +141,49 @@ async fn an_upload_is_accepted_at_once_and_a_worker_makes_renditions_that_decode
             .unwrap();
         assert_eq!(orig.bytes().await.unwrap().to_vec(), original);
 
+        // The storefront's product page offers the renditions (recorded with the media row, so they
+        // outlive the job): a <picture> with WebP and JPEG srcsets, its size set, its alt text the name.
+        // Both uploads of the same bytes share one original, so the page shows two pictures.
+        let page = http
+            .get(format!("{base}/products/{product}"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let thumb = renditions
+            .iter()
+            .find(|r| r["name"] == "thumb" && r["format"] == "webp")
+            .unwrap()["url"]
+            .as_str()
+            .unwrap();
+        let medium = thumb.replace("-thumb.", "-medium.");
+        assert!(
+            page.contains(&format!("srcset=\"{thumb} 200w, {medium} 800w\"")),
+            "{engine:?}: {page}"
+        );
+        assert!(page.contains("type=\"image/webp\""));
+        assert!(page.contains("width=\"800\" height=\"600\""), "{page}");
+        assert!(page.contains("alt=\"Product LAMP-1\""), "{page}");
+        assert!(
+            page.contains("loading=\"eager\""),
+            "the first picture loads at once"
+        );
+        let small = http
+            .get(format!("{base}/products/{product}"))
+            .header("save-data", "on")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            small.contains(&format!("srcset=\"{thumb} 200w\"")) && !small.contains(&medium),
+            "Save-Data: only the smallest: {small}"
+        );
+
         // Bad files: accepted (their type is right), then failed with a reason, not retried.
         let mut truncated = png(300, 300);
         truncated.truncate(truncated.len() / 2);
