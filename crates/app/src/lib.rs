@@ -17,6 +17,7 @@ mod extract;
 mod observe;
 mod routes;
 mod serve;
+mod session;
 mod shed;
 
 use std::future::Future;
@@ -26,7 +27,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use secrecy::SecretString;
 use tenfold_config::{CacheConfig, HttpConfig};
@@ -90,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) pages: routes::pages::Memo,
     /// Products' media with renditions, read at most every 2 s per product.
     pub(crate) media_memo: routes::pages::MediaMemo,
+    /// Signs admin sessions and CSRF tokens; derived from the API key (none without one).
+    pub(crate) session_key: Option<session::SessionKey>,
 }
 
 /// Aborts a background task when dropped.
@@ -158,6 +161,9 @@ impl App {
                 flag_table: std::sync::OnceLock::new(),
                 pages: routes::pages::memo(32),
                 media_memo: routes::pages::media_memo(),
+                session_key: http.api_key.as_ref().and_then(|k| {
+                    session::SessionKey::from_api_key(secrecy::ExposeSecret::expose_secret(k))
+                }),
                 rate_limit: (http.rate_limit_per_s > 0.0).then(|| {
                     let gcra = tenfold_overload::gcra::Gcra::new(
                         http.rate_limit_per_s,
@@ -370,7 +376,29 @@ impl App {
             .route("/products", get(routes::pages::products))
             .route("/products/{id}", get(routes::pages::product))
             .route("/search", get(routes::pages::search))
-            .route("/assets/{name}", get(routes::pages::asset));
+            .route("/assets/{name}", get(routes::pages::asset))
+            .route("/admin", get(routes::admin_pages::home))
+            .route(
+                "/admin/sign-in",
+                get(routes::admin_pages::sign_in_page).post(routes::admin_pages::sign_in),
+            )
+            .route("/admin/sign-out", post(routes::admin_pages::sign_out))
+            .route(
+                "/admin/products/new",
+                get(routes::admin_pages::new_product_page)
+                    .post(routes::admin_pages::create_product),
+            )
+            .route(
+                "/admin/products/{id}",
+                get(routes::admin_pages::edit_product_page)
+                    .post(routes::admin_pages::update_product),
+            )
+            .route("/admin/jobs", get(routes::admin_pages::jobs))
+            .route(
+                "/admin/products/{id}/media",
+                // The file may be as large as an API upload; the blob writer enforces that limit.
+                post(routes::admin_pages::upload).layer(DefaultBodyLimit::disable()),
+            );
         api.route_layer(axum::middleware::from_fn_with_state(
             self.clone(),
             shed::shed,

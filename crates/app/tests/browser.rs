@@ -421,3 +421,58 @@ async fn a_failing_enhancement_falls_back_to_the_plain_link_and_the_keyboard_rea
     c.close().await.unwrap();
     j.app.stop().await;
 }
+
+#[tokio::test]
+async fn an_admin_signs_in_and_uploads_a_picture_with_progress() {
+    let (_db, j) = seeded().await;
+    let d = driver().await;
+    let c = browser(&d, true).await;
+    let base = j.app.base.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("photo.png");
+    image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]))
+        .save(&file)
+        .unwrap();
+
+    c.goto(&format!("{base}/admin")).await.unwrap();
+    assert_eq!(path(&c).await, "/admin/sign-in");
+    accessible(&c, "sign-in").await;
+    c.find(Locator::Css("#api_key"))
+        .await
+        .unwrap()
+        .send_keys(tenfold_test_support::TEST_API_KEY)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form.stack button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the admin page", || async { path(&c).await == "/admin" }).await;
+    c.goto(&format!("{base}/admin/products/1")).await.unwrap();
+    accessible(&c, "edit").await;
+    screenshot(&c, "admin-edit").await;
+    c.find(Locator::Css("input[type=file]"))
+        .await
+        .unwrap()
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[data-upload] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the upload to finish", || async {
+        path(&c).await.contains("uploaded=")
+    })
+    .await;
+    let notice = c.find(Locator::Css("p.notice")).await.unwrap();
+    assert!(notice.text().await.unwrap().contains("Upload received"));
+    let stats = j.queue.stats().await.unwrap();
+    assert_eq!(stats.iter().map(|s| s.ready).sum::<i64>(), 1);
+    c.close().await.unwrap();
+    j.app.stop().await;
+}

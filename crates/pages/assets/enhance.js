@@ -116,6 +116,29 @@
     }
   }
 
+  // Upload progress: the same form, sent by XMLHttpRequest so its progress can be shown; on a network
+  // failure the form is submitted the plain way.
+  function uploads(form) {
+    if (!("FormData" in window)) return;
+    var bar = form.querySelector("progress");
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var xhr = new XMLHttpRequest();
+      xhr.open("POST", form.action);
+      if (bar) { bar.hidden = false; bar.value = 0; }
+      xhr.upload.onprogress = function (p) {
+        if (bar && p.lengthComputable) bar.value = Math.round(100 * p.loaded / p.total);
+      };
+      xhr.onload = function () {
+        if (xhr.status >= 200 && xhr.status < 300 && xhr.responseURL) { location.href = xhr.responseURL; return; }
+        doc.open(); doc.write(xhr.responseText); doc.close();
+      };
+      xhr.onerror = function () { form.submit(); };
+      xhr.send(new FormData(form));
+    });
+  }
+
+  doc.querySelectorAll("form[data-upload]").forEach(uploads);
   doc.querySelectorAll("form.search").forEach(suggest);
   var list = doc.querySelector("[data-items]"), link = doc.querySelector("a[rel=next]");
   if (list && link) infinite(list, link);

@@ -11,6 +11,7 @@
 //! Entry points: [`Chrome`], [`home`], [`products`], [`product`], [`message`], [`assets::get`],
 //! [`assets::url`].
 
+pub mod admin;
 pub mod assets;
 
 use maud::{html, Markup, DOCTYPE};
@@ -63,7 +64,7 @@ pub fn price(m: &Money) -> String {
     )
 }
 
-fn layout(c: &Chrome, title: &str, search_value: &str, body: Markup) -> Markup {
+pub(crate) fn layout(c: &Chrome, title: &str, search_value: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" data-save-data=(if c.save_data { "1" } else { "0" }) {

@@ -99,8 +99,11 @@ fn refuse_declared_over(headers: &axum::http::HeaderMap, limit: u64) -> ApiResul
 }
 
 /// Streams a request body into a blob writer (which enforces the limit and, for media, the type).
-async fn stream_into(body: Body, w: &mut tenfold_blobs::BlobWriter) -> ApiResult<()> {
-    let mut stream = body.into_data_stream();
+async fn stream_into<S, E>(mut stream: S, w: &mut tenfold_blobs::BlobWriter) -> ApiResult<()>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::BadRequest(format!("the upload broke off: {e}")))?;
@@ -134,48 +137,14 @@ pub(crate) async fn upload_media(
     headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let m = media(&app)?;
-    let queue = crate::routes::jobs::queue(&app)?;
-    if app.store().get_product(id).await?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "there is no product {}",
-            id.get()
-        )));
-    }
-    refuse_declared_over(&headers, m.max_upload)?;
-    let mut w = m.blobs.writer(m.max_upload).await.map_err(blob_error)?;
-    stream_into(body, &mut w).await?;
-    let stored = w.commit().await.map_err(blob_error)?;
-    let kind = if stored.media_type.is_image() {
-        "image"
-    } else {
-        "video"
-    };
-    let mut job = NewJob::new(
-        "media",
-        kind,
-        serde_json::json!({ "key": stored.key, "product_id": id.get() }),
-    );
-    job.max_attempts = 5;
-    // Non-essential work: with the renditions flag off the original is stored and recorded as usual,
-    // and its job waits (workers stay free for other work; it runs later without anyone asking).
-    if !app.flags().is_on(
-        &tenfold_flags::RENDITIONS,
+    refuse_declared_over(&headers, media(&app)?.max_upload)?;
+    let (media_id, stored, job) = store_media(
+        &app,
+        id,
         crate::routes::flags::client_key(&headers),
-    ) {
-        job.run_at_ms = Some(chrono::Utc::now().timestamp_millis() + RENDITIONS_DEFERRED_MS);
-    }
-    let (media_id, job) = queue
-        .enqueue_media(
-            id.get(),
-            &NewMedia {
-                blob_key: stored.key.clone(),
-                media_type: stored.media_type.ext().to_owned(),
-                size: stored.size,
-            },
-            &job,
-        )
-        .await?;
+        body.into_data_stream(),
+    )
+    .await?;
     let location = HeaderValue::from_str(&format!("/api/jobs/{}", job.id)).ok();
     let mut resp = (
         StatusCode::ACCEPTED,
@@ -193,6 +162,59 @@ pub(crate) async fn upload_media(
         resp.headers_mut().insert(header::LOCATION, l);
     }
     Ok(resp)
+}
+
+/// Stores an upload of product `id` from `body` and records it with its processing job (the API's
+/// upload and the admin page's form).
+pub(crate) async fn store_media<S, E>(
+    app: &App,
+    id: tenfold_catalog::ProductId,
+    client: Option<&str>,
+    body: S,
+) -> ApiResult<(i64, tenfold_blobs::Stored, tenfold_store::queue::Job)>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let m = media(app)?;
+    let queue = crate::routes::jobs::queue(app)?;
+    if app.store().get_product(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "there is no product {}",
+            id.get()
+        )));
+    }
+    let mut w = m.blobs.writer(m.max_upload).await.map_err(blob_error)?;
+    stream_into(body, &mut w).await?;
+    let stored = w.commit().await.map_err(blob_error)?;
+    let kind = if stored.media_type.is_image() {
+        "image"
+    } else {
+        "video"
+    };
+    let mut job = NewJob::new(
+        "media",
+        kind,
+        serde_json::json!({ "key": stored.key, "product_id": id.get() }),
+    );
+    job.max_attempts = 5;
+    // Non-essential work: with the renditions flag off the original is stored and recorded as usual,
+    // and its job waits (workers stay free for other work; it runs later without anyone asking).
+    if !app.flags().is_on(&tenfold_flags::RENDITIONS, client) {
+        job.run_at_ms = Some(chrono::Utc::now().timestamp_millis() + RENDITIONS_DEFERRED_MS);
+    }
+    let (media_id, job) = queue
+        .enqueue_media(
+            id.get(),
+            &NewMedia {
+                blob_key: stored.key.clone(),
+                media_type: stored.media_type.ext().to_owned(),
+                size: stored.size,
+            },
+            &job,
+        )
+        .await?;
+    Ok((media_id, stored, job))
 }
 
 /// How long an upload's rendition job waits while the renditions flag is off (15 min).
@@ -229,7 +251,7 @@ pub(crate) async fn import_products(
         .import_writer(m.max_upload, "csv")
         .await
         .map_err(blob_error)?;
-    stream_into(body, &mut w).await?;
+    stream_into(body.into_data_stream(), &mut w).await?;
     let stored = w.commit_import().await.map_err(blob_error)?;
     let mut job = NewJob::new(
         "import",

@@ -1,5 +1,6 @@
 //! Route handlers, grouped by resource.
 
+pub(crate) mod admin_pages;
 pub(crate) mod customers;
 pub(crate) mod flags;
 pub(crate) mod jobs;

@@ -404,15 +404,7 @@ pub(crate) async fn create_product(
     ApiJson(input): ApiJson<NewProductInput>,
 ) -> ApiResult<Response> {
     let new = NewProduct::parse(&input).map_err(ApiError::Validation)?;
-    let product = app.store().create_product(&new).await?;
-    app.cache()
-        .invalidate(cached::product_written(
-            product.id,
-            product.version,
-            &product.category,
-            true,
-        ))
-        .await;
+    let product = create(&app, &new).await?;
     let location = HeaderValue::from_str(&format!("/api/products/{}", product.id)).ok();
     let mut resp = with_etag(StatusCode::CREATED, product);
     if let Some(l) = location {
@@ -454,7 +446,32 @@ pub(crate) async fn patch_product(
 ) -> ApiResult<Response> {
     let patch = ProductPatch::parse(&input).map_err(ApiError::Validation)?;
     let expected = expected_version(&app, id, &headers).await?;
-    match app.store().update_product(id, &patch, expected).await {
+    let p = update(&app, id, &patch, expected).await?;
+    Ok(with_token(&app, with_etag(StatusCode::OK, p)).await)
+}
+
+/// Creates a product and sends its invalidations (the API and the admin pages).
+pub(crate) async fn create(app: &App, new: &NewProduct) -> ApiResult<Product> {
+    let product = app.store().create_product(new).await?;
+    app.cache()
+        .invalidate(cached::product_written(
+            product.id,
+            product.version,
+            &product.category,
+            true,
+        ))
+        .await;
+    Ok(product)
+}
+
+/// Changes a product (if it is still at `expected`, when given) and sends its invalidations.
+pub(crate) async fn update(
+    app: &App,
+    id: ProductId,
+    patch: &ProductPatch,
+    expected: Option<i64>,
+) -> ApiResult<Product> {
+    match app.store().update_product(id, patch, expected).await {
         Ok(p) => {
             let change = if patch.category.is_some() {
                 cached::product_moved(p.id, Some(p.version))
@@ -462,7 +479,7 @@ pub(crate) async fn patch_product(
                 cached::product_written(p.id, p.version, &p.category, false)
             };
             app.cache().invalidate(change).await;
-            Ok(with_token(&app, with_etag(StatusCode::OK, p)).await)
+            Ok(p)
         }
         Err(tenfold_store::StoreError::NotFound) => Err(not_found(id)),
         Err(e) => Err(e.into()),

@@ -76,7 +76,14 @@ async fn flags_are_listed_set_and_unset_with_clear_errors_for_bad_input() {
             .collect();
         assert_eq!(
             names,
-            ["search", "deep_pages", "renditions", "imports", "read_only"]
+            [
+                "search",
+                "deep_pages",
+                "renditions",
+                "imports",
+                "read_only",
+                "enhancements"
+            ]
         );
         assert!(list["flags"]
             .as_array()
