@@ -377,6 +377,13 @@ impl App {
             .route("/products/{id}", get(routes::pages::product))
             .route("/search", get(routes::pages::search))
             .route("/assets/{name}", get(routes::pages::asset))
+            .route(
+                "/cart",
+                get(routes::shop_pages::cart).post(routes::shop_pages::add),
+            )
+            .route("/cart/update", post(routes::shop_pages::update))
+            .route("/checkout", post(routes::shop_pages::checkout))
+            .route("/orders/{id}", get(routes::shop_pages::order))
             .route("/admin", get(routes::admin_pages::home))
             .route(
                 "/admin/sign-in",

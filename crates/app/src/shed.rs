@@ -25,6 +25,7 @@ pub(crate) fn class_of(method: &Method, route: &str) -> Option<Criticality> {
         "/api/products/{id}" if read => Critical,
         // The storefront's core: the home page, a product page and the assets they need.
         "/" | "/products/{id}" | "/assets/{name}" => Critical,
+        "/checkout" | "/orders/{id}" => Critical,
         "/api/orders" | "/api/orders/{id}" => Critical,
         "/api/customers/{id}/tokens" | "/api/customers/me" => Critical,
         // Lists, search, catalog edits, uploads: the service is still useful without them for a while.

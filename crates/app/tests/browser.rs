@@ -82,6 +82,17 @@ async fn seeded() -> (TestDb, JobsApp) {
     tenfold_seed::seed(&db.store().await, 60, 11, false)
         .await
         .unwrap();
+    // Every product in stock, so that every page offers its cart form.
+    for id in 1..=60 {
+        let r = reqwest::Client::new()
+            .patch(format!("{}/api/products/{id}", j.app.base))
+            .bearer_auth(tenfold_test_support::TEST_API_KEY)
+            .json(&json!({"stock": 25}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
     (db, j)
 }
 
@@ -258,6 +269,46 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
     assert!(names.contains(&name), "{word:?} found {names:?}");
     accessible(&c, "search").await;
     screenshot(&c, "nojs-search").await;
+
+    // → cart → checkout, by forms alone.
+    c.goto(&format!("{base}/products/1")).await.unwrap();
+    {
+        c.find(Locator::Css("form[data-cart] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until("the cart page", || async { path(&c).await == "/cart" }).await;
+        assert!(
+            !c.find_all(Locator::Css("td a[href='/products/1']"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "the product is in the cart"
+        );
+        accessible(&c, "cart").await;
+        screenshot(&c, "nojs-cart").await;
+        c.find(Locator::Css("form[action='/checkout'] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until("the order page", || async {
+            path(&c).await.starts_with("/orders/")
+        })
+        .await;
+        assert!(c
+            .find(Locator::Css("p.notice"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+            .contains("your order is placed"));
+        screenshot(&c, "nojs-order").await;
+    }
     c.close().await.unwrap();
     j.app.stop().await;
 }
@@ -339,6 +390,25 @@ async fn with_javascript_search_suggests_and_scrolling_appends_pages_without_dup
     })
     .await;
     assert_eq!(h1(&c).await, suggested);
+
+    // In-place add to cart: the page stays, the form says so.
+    let product_url = path(&c).await;
+    {
+        c.find(Locator::Css("form[data-cart] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        until("the in-place confirmation", || async {
+            match c.find(Locator::Css("form[data-cart] .added")).await {
+                Ok(e) => e.text().await.unwrap_or_default().contains("in your cart"),
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert_eq!(path(&c).await, product_url, "no navigation");
+    }
     c.close().await.unwrap();
     j.app.stop().await;
 }

@@ -138,6 +138,29 @@
     });
   }
 
+  // In-place add to cart: the same form, sent by fetch; the page stays. On any failure the form is
+  // submitted the plain way (to the cart page).
+  function addToCart(form) {
+    var status = form.querySelector(".added");
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      fetch(form.action, {
+        method: "POST", credentials: "same-origin",
+        headers: { Accept: "application/json", "Content-Type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams(new FormData(form)).toString()
+      }).then(function (r) {
+        if (!r.ok) throw new Error(r.status);
+        return r.json();
+      }).then(function (c) {
+        if (status) status.textContent = "Added: " + c.count + " in your cart. ";
+        var link = doc.createElement("a");
+        link.href = "/cart"; link.textContent = "View cart";
+        if (status) status.appendChild(link);
+      }).catch(function () { form.submit(); });
+    });
+  }
+
+  doc.querySelectorAll("form[data-cart]").forEach(addToCart);
   doc.querySelectorAll("form[data-upload]").forEach(uploads);
   doc.querySelectorAll("form.search").forEach(suggest);
   var list = doc.querySelector("[data-items]"), link = doc.querySelector("a[rel=next]");

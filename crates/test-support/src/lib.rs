@@ -224,8 +224,8 @@ pub struct JobsApp {
     _dir: tempfile::TempDir,
 }
 
-/// The service over `db` with its job queue, blob storage for uploads (at most [`TEST_MAX_UPLOAD`]) and
-/// feature flags.
+/// The service over `db` with its job queue, blob storage for uploads (at most [`TEST_MAX_UPLOAD`]),
+/// feature flags and one order shard.
 pub async fn spawn_app_with_jobs(db: &TestDb) -> JobsApp {
     spawn_app_with_blobs(db, tenfold_blobs::BlobOptions::default()).await
 }
@@ -249,11 +249,21 @@ pub async fn spawn_app_with_blobs(db: &TestDb, opts: tenfold_blobs::BlobOptions)
             .await
             .expect("open the blob directory"),
     );
+    // Orders too (one SQLite shard in the same directory), so the storefront's cart works.
+    let shards = std::sync::Arc::new(
+        tenfold_store::OrderShards::connect(
+            store.clone(),
+            &[format!("sqlite://{}/orders.db", dir.path().display())],
+            Duration::from_secs(15),
+        )
+        .await
+        .expect("open the order shard"),
+    );
     let app = spawn_app_parts(
         store,
         HttpConfig::default(),
         &CacheConfig::default(),
-        None,
+        Some(shards),
         Some((queue.clone(), blobs.clone(), flags.clone())),
     )
     .await;

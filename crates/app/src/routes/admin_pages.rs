@@ -65,6 +65,7 @@ async fn chrome(app: &App) -> Chrome {
         enhance: true,
         save_data: false,
         search: false,
+        ordering: false,
         categories,
     }
 }

@@ -9,3 +9,4 @@ pub(crate) mod ops;
 pub(crate) mod orders;
 pub(crate) mod pages;
 pub(crate) mod products;
+pub(crate) mod shop_pages;

@@ -175,29 +175,36 @@ pub(crate) async fn place_order(
     if !errs.0.is_empty() {
         return Err(ApiError::Validation(errs));
     }
-    let shards = shards(&app)?;
-    // Two orders of one millisecond and bucket get the same id only if their salts collide (one in
-    // 4,096 across instances; never within one): the loser places its order again under a new id.
-    let mut attempt = 0;
-    let order = loop {
-        attempt += 1;
-        match place_once(&app, shards, new.customer_id, &items).await {
-            Ok(Some(order)) => break order,
-            Ok(None) if attempt < 4 => continue,
-            Ok(None) => {
-                return Err(ApiError::Conflict(
-                    "no free order id was found in 4 attempts; place the order again".into(),
-                ))
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let order = place(&app, new.customer_id, &items).await?;
     let location = HeaderValue::from_str(&format!("/api/orders/{}", order.id.get())).ok();
     let mut resp = (StatusCode::CREATED, Json(OrderView::from(order))).into_response();
     if let Some(l) = location {
         resp.headers_mut().insert(header::LOCATION, l);
     }
     Ok(resp)
+}
+
+/// Places an order of `items` for `customer_id` (the API and the storefront's checkout).
+pub(crate) async fn place(app: &App, customer_id: i64, items: &[StockItem]) -> ApiResult<Order> {
+    let shards = shards(app)?;
+    // Two orders of one millisecond and bucket get the same id only if their salts collide (one in
+    // 4,096 across instances; never within one): the loser places its order again under a new id.
+    for _ in 0..4 {
+        if let Some(order) = place_once(app, shards, customer_id, items).await? {
+            return Ok(order);
+        }
+    }
+    Err(ApiError::Conflict(
+        "no free order id was found in 4 attempts; place the order again".into(),
+    ))
+}
+
+/// An order by id, if it exists.
+pub(crate) async fn find(app: &App, id: i64) -> ApiResult<Option<Order>> {
+    let Some(id) = OrderId::from_i64(id) else {
+        return Ok(None);
+    };
+    Ok(shards(app)?.get(id).await?)
 }
 
 /// A per-process sequence for order-id salts, from a random start: ids made by one instance in one

@@ -122,37 +122,57 @@ pub(crate) fn memo(mib: u64) -> Memo {
         .build()
 }
 
-/// FNV-1a over the parts of a page's identity.
+/// A hash over the parts of a page's identity: FNV-1a's step over 8-byte words (a cached body is hashed
+/// on every request, so a byte at a time would cost microseconds), stable across instances and builds,
+/// since it is also the ETag another instance may be asked to match.
 struct Fingerprint(u64);
 
-impl Fingerprint {
-    fn new(kind: &str) -> Fingerprint {
+/// The assets' names change with their bytes: a new build is a new page.
+fn assets_hash() -> u64 {
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| {
         let mut f = Fingerprint(0xcbf2_9ce4_8422_2325);
-        f.add(kind.as_bytes());
-        // The assets' names change with their bytes: a new build is a new page.
         for a in tenfold_pages::assets::all() {
             f.add(a.name.as_bytes());
         }
+        f.0
+    })
+}
+
+impl Fingerprint {
+    fn new(kind: &str) -> Fingerprint {
+        let mut f = Fingerprint(assets_hash());
+        f.add(kind.as_bytes());
         f
     }
 
     fn add(&mut self, bytes: &[u8]) -> &mut Self {
-        for b in bytes.iter().chain([&0xffu8]) {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        const PRIME: u64 = 0x0100_0000_01b3;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.0 = (self.0 ^ u64::from_le_bytes(b)).wrapping_mul(PRIME);
+            self.0 ^= self.0 >> 29;
         }
+        for &b in words.remainder() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(PRIME);
+        }
+        // The length ends each part, so ("ab", "c") and ("a", "bc") differ.
+        self.0 = (self.0 ^ (bytes.len() as u64 | 1 << 63)).wrapping_mul(PRIME);
         self
     }
 }
 
 /// The request's view of the page chrome, before the categories are known.
-struct Want {
+pub(crate) struct Want {
     enhance: bool,
     search: bool,
     save_data: bool,
+    ordering: bool,
 }
 
-fn want(app: &App, headers: &HeaderMap) -> Want {
+pub(crate) fn want(app: &App, headers: &HeaderMap) -> Want {
     let client = crate::routes::flags::client_key(headers);
     let flags = app.flags();
     Want {
@@ -162,6 +182,7 @@ fn want(app: &App, headers: &HeaderMap) -> Want {
             .get("save-data")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("on")),
+        ordering: app.inner.token_key.is_some() && app.inner.orders.get().is_some(),
     }
 }
 
@@ -171,11 +192,13 @@ impl Want {
             u8::from(self.enhance),
             u8::from(self.search),
             u8::from(self.save_data),
+            u8::from(self.ordering),
         ]);
     }
 
-    fn chrome(&self, categories: Vec<tenfold_catalog::Category>) -> Chrome {
+    pub(crate) fn chrome(&self, categories: Vec<tenfold_catalog::Category>) -> Chrome {
         Chrome {
+            ordering: self.ordering,
             enhance: self.enhance,
             save_data: self.save_data,
             search: self.search,
@@ -193,13 +216,13 @@ fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// The categories for the navigation: their cached body (part of every page's identity) and values.
-async fn categories(app: &App) -> Result<Bytes, ApiError> {
+pub(crate) async fn categories(app: &App) -> Result<Bytes, ApiError> {
     Ok(body_of(categories_value(app).await?)
         .map(|(_, b)| b)
         .unwrap_or_default())
 }
 
-fn category_list(body: &[u8]) -> Result<Vec<tenfold_catalog::Category>, ApiError> {
+pub(crate) fn category_list(body: &[u8]) -> Result<Vec<tenfold_catalog::Category>, ApiError> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
@@ -236,26 +259,9 @@ fn answer(
             page
         }
     };
-    let accepts = headers
-        .get_all(header::ACCEPT_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|v| {
-            let mut parts = v.split(';');
-            let name = parts.next()?.trim().to_ascii_lowercase();
-            let refused = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    == Some(0.0)
-            });
-            (!refused).then_some(name)
-        })
-        .collect::<Vec<_>>();
-    let (body, encoding) = if accepts.iter().any(|e| e == "br") {
+    let (body, encoding) = if accepts(headers, "br") {
         (page.br.clone(), Some("br"))
-    } else if accepts.iter().any(|e| e == "gzip") {
+    } else if accepts(headers, "gzip") {
         (page.gz.clone(), Some("gzip"))
     } else {
         (page.raw.clone(), None)
@@ -277,6 +283,27 @@ fn answer(
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     Ok(resp)
+}
+
+/// True when Accept-Encoding lists `coding` without `q=0`.
+fn accepts(headers: &HeaderMap, coding: &str) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| {
+            let mut parts = v.split(';');
+            parts
+                .next()
+                .is_some_and(|n| n.trim().eq_ignore_ascii_case(coding))
+                && !parts.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        == Some(0.0)
+                })
+        })
 }
 
 fn compress(etag: HeaderValue, status: StatusCode, html: String) -> Rendered {
@@ -304,7 +331,7 @@ fn compress(etag: HeaderValue, status: StatusCode, html: String) -> Rendered {
 }
 
 /// An error as a page: the status (and Retry-After) of the API's answer, in HTML.
-fn error_page(w: &Want, e: ApiError) -> Response {
+pub(crate) fn error_page(w: &Want, e: ApiError) -> Response {
     let title = match &e {
         ApiError::NotFound(_) => "Not found",
         ApiError::BadRequest(_) | ApiError::Validation(_) => "That request is not valid",
@@ -602,17 +629,7 @@ pub(crate) async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Respo
     };
     let etag = HeaderValue::from_str(&format!("\"{}\"", a.name))
         .unwrap_or(HeaderValue::from_static("\"asset\""));
-    let accept = headers
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let has = |e: &str| {
-        accept.split(',').any(|x| {
-            let mut it = x.split(';');
-            it.next().is_some_and(|n| n.trim().eq_ignore_ascii_case(e))
-                && !it.any(|p| p.trim() == "q=0")
-        })
-    };
+    let has = |e: &str| accepts(&headers, e);
     let mut resp = if cached::not_modified(&headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else if has("br") {

@@ -19,4 +19,5 @@ mod protocol;
 mod ratelimit;
 mod replicas;
 mod routes;
+mod shop;
 mod storefront;
