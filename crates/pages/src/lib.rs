@@ -156,6 +156,8 @@ pub struct ListView<'a> {
     pub action: &'a str,
     /// The items.
     pub items: &'a [Product],
+    /// The order (`id`, `price`, `-price`).
+    pub sort: &'a str,
     /// The URL of the next page, if any.
     pub next: Option<String>,
     /// A message above the list (a feature turned off, nothing found).
@@ -183,7 +185,15 @@ pub fn products(c: &Chrome, v: &ListView<'_>) -> Markup {
                         }
                     }
                 }
-                button type="submit" { "Filter" }
+                label for="sort" {
+                    "Sort by"
+                    select #sort name="sort" {
+                        option value="id" selected[v.sort == "id" || v.sort.is_empty()] { "Catalog order" }
+                        option value="price" selected[v.sort == "price"] { "Price, low to high" }
+                        option value="-price" selected[v.sort == "-price"] { "Price, high to low" }
+                    }
+                }
+                button type="submit" { "Apply" }
             }
             @if let Some(n) = v.notice {
                 p.notice role="status" { (n) }

@@ -17,8 +17,8 @@ use tenfold_catalog::{Category, Money, NewCategory, NewProduct, Product, Product
 use crate::fast::FastReads;
 use crate::sql::{like_contains, Sql};
 use crate::{
-    CatalogStore, Cursor, ListQuery, Page, PoolStats, Readiness, StockItem, Store, StoreError,
-    TakenItem, MAX_PAGE,
+    CatalogStore, Cursor, ListQuery, Page, PoolStats, Readiness, Sort, StockItem, Store,
+    StoreError, TakenItem, MAX_PAGE,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -359,11 +359,14 @@ fn merged(items: &[StockItem]) -> Vec<StockItem> {
 }
 
 /// A page from `limit + 1` rows: the extra row only says that there is a next page.
-fn page(mut rows: Vec<Product>, limit: u32) -> Page {
+fn page(mut rows: Vec<Product>, limit: u32, sort: Sort) -> Page {
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
     let next = if more {
-        rows.last().map(|p| Cursor::after(p.id))
+        rows.last().map(|p| match sort {
+            Sort::Id => Cursor::after(p.id),
+            Sort::PriceAsc | Sort::PriceDesc => Cursor::after_price(p.price.amount_minor, p.id),
+        })
     } else {
         None
     };
@@ -535,25 +538,44 @@ macro_rules! impl_catalog_store {
 
             async fn list_products(&self, q: &ListQuery) -> Result<Page, StoreError> {
                 let limit = q.limit.clamp(1, MAX_PAGE);
-                let sql =
-                    &self.sql.list[q.category.is_some() as usize][q.search.is_some() as usize];
-                let after_id = q.after.map(|c| c.after_id).unwrap_or(0);
+                let sql = &self.sql.list[q.category.is_some() as usize]
+                    [q.search.is_some() as usize][q.sort.index()];
+                // Where the page starts: after the cursor, else before every row in this order.
+                let (after_price, after_id) = match (q.sort, q.after) {
+                    (Sort::Id, c) => (None, c.map(|c| c.after_id).unwrap_or(0)),
+                    (_, Some(Cursor { price: Some(p), after_id })) => (Some(p), after_id),
+                    (Sort::PriceDesc, _) => (Some(i64::MAX), i64::MAX),
+                    (_, _) => (Some(i64::MIN), 0),
+                };
                 let fetch = i64::from(limit) + 1;
                 // Without text search the query is an index range of at most `fetch` rows: fast path.
-                let fast = match (&self.fast, &q.search, &q.category) {
-                    (Some(f), None, Some(c)) => {
-                        f.list_products(sql, &[&after_id, &c.as_str(), &fetch])
+                let fast = match (&self.fast, &q.search) {
+                    (Some(f), None) => {
+                        let category = q.category.as_ref().map(|c| c.as_str());
+                        let mut params: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(4);
+                        if let Some(p) = &after_price {
+                            params.push(p);
+                        }
+                        params.push(&after_id);
+                        if let Some(c) = &category {
+                            params.push(c);
+                        }
+                        params.push(&fetch);
+                        f.list_products(sql, &params)
                     }
-                    (Some(f), None, None) => f.list_products(sql, &[&after_id, &fetch]),
                     _ => None,
                 };
                 if let Some(rows) = fast {
-                    return Ok(page(rows?, limit));
+                    return Ok(page(rows?, limit, q.sort));
                 }
                 let pattern = q.search.as_deref().map(like_contains);
                 let rows = self
                     .read(|pool| {
-                        let mut query = sqlx::query_as::<_, ProductRow>(sql).bind(after_id);
+                        let mut query = sqlx::query_as::<_, ProductRow>(sql);
+                        if let Some(p) = after_price {
+                            query = query.bind(p);
+                        }
+                        query = query.bind(after_id);
                         if let Some(c) = &q.category {
                             query = query.bind(c.as_str());
                         }
@@ -563,7 +585,11 @@ macro_rules! impl_catalog_store {
                         query.bind(fetch).fetch_all(pool)
                     })
                     .await?;
-                Ok(page(rows.into_iter().map(Product::from).collect(), limit))
+                Ok(page(
+                    rows.into_iter().map(Product::from).collect(),
+                    limit,
+                    q.sort,
+                ))
             }
 
             async fn create_product(&self, p: &NewProduct) -> Result<Product, StoreError> {

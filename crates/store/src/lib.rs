@@ -30,7 +30,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tenfold_catalog::{Category, NewCategory, NewProduct, Product, ProductId, ProductPatch};
 
-pub use cursor::Cursor;
+pub use cursor::{Cursor, Sort};
 pub use engine::{connect, ConnectOptions, Engine};
 pub use error::StoreError;
 pub use feed::{ChangeFeed, FeedError, FeedEvent};
@@ -51,16 +51,18 @@ pub struct ListQuery {
     pub category: Option<tenfold_catalog::CategorySlug>,
     /// Only products whose name contains this text (case-insensitive for ASCII).
     pub search: Option<String>,
-    /// Continue after this position.
+    /// Continue after this position (a cursor of the same sort).
     pub after: Option<Cursor>,
     /// Page size, 1..=[`MAX_PAGE`].
     pub limit: u32,
+    /// The order.
+    pub sort: Sort,
 }
 
 /// One page of products and the cursor of the next page, if there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
-    /// The products, in id order.
+    /// The products, in the query's order.
     pub items: Vec<Product>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<Cursor>,

@@ -6,7 +6,8 @@ const COLS: &str = "id, sku, name, description, price_minor, currency, stock, ca
 pub(crate) struct Sql {
     pub(crate) get: String,
     /// Indexed by `[has_category][has_search]`.
-    pub(crate) list: [[String; 2]; 2],
+    /// By category filter, text search and sort ([`crate::Sort::index`]).
+    pub(crate) list: [[[String; 3]; 2]; 2],
     pub(crate) insert: String,
     pub(crate) update: String,
     pub(crate) delete: String,
@@ -48,20 +49,37 @@ impl Sql {
     pub(crate) fn new(postgres: bool) -> Sql {
         let like = if postgres { "ILIKE" } else { "LIKE" };
         let p = |s: String| if postgres { dollar_params(&s) } else { s };
-        let list = |cat: bool, search: bool| {
-            let mut s = format!("SELECT {COLS} FROM products WHERE id > ?");
+        // Keyset pagination: by id, or by (price, id) as a row value (an index range on both
+        // engines: products_price_id and products_category_price_id).
+        let list = |cat: bool, search: bool, sort: usize| {
+            let (after, order) = match sort {
+                0 => ("id > ?", "id"),
+                1 => ("(price_minor, id) > (?, ?)", "price_minor, id"),
+                _ => ("(price_minor, id) < (?, ?)", "price_minor DESC, id DESC"),
+            };
+            let mut s = format!("SELECT {COLS} FROM products WHERE {after}");
             if cat {
                 s.push_str(" AND category = ?");
             }
             if search {
                 s.push_str(&format!(" AND name {like} ? ESCAPE '\\'"));
             }
-            s.push_str(" ORDER BY id LIMIT ?");
+            s.push_str(&format!(" ORDER BY {order} LIMIT ?"));
             p(s)
+        };
+        let sorts = |cat: bool, search: bool| {
+            [
+                list(cat, search, 0),
+                list(cat, search, 1),
+                list(cat, search, 2),
+            ]
         };
         Sql {
             get: p(format!("SELECT {COLS} FROM products WHERE id = ?")),
-            list: [[list(false, false), list(false, true)], [list(true, false), list(true, true)]],
+            list: [
+                [sorts(false, false), sorts(false, true)],
+                [sorts(true, false), sorts(true, true)],
+            ],
             insert: p(format!(
                 "INSERT INTO products (sku, name, description, price_minor, currency, stock, category, created_at, updated_at, version) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1) RETURNING {COLS}"
@@ -185,7 +203,10 @@ mod tests {
             dollar_params("a = ? AND b = COALESCE(?, b)"),
             "a = $1 AND b = COALESCE($2, b)"
         );
-        assert!(Sql::new(true).list[1][1].contains("ILIKE $3"));
+        assert!(Sql::new(true).list[1][1][0].contains("ILIKE $3"));
+        assert!(
+            Sql::new(true).list[1][1][2].contains("(price_minor, id) < ($1, $2) AND category = $3")
+        );
     }
 
     #[test]

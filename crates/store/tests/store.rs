@@ -6,7 +6,7 @@ use tenfold_catalog::{
     CategorySlug, Money, NewCategory, NewCategoryInput, NewProduct, NewProductInput, ProductId,
     ProductPatch, ProductPatchInput,
 };
-use tenfold_store::{Cursor, ListQuery, StoreError};
+use tenfold_store::{Cursor, ListQuery, Sort, StoreError};
 use tenfold_test_support::{engines, TestDb};
 
 fn category(slug: &str) -> NewCategory {
@@ -185,6 +185,7 @@ async fn keyset_pages_cover_every_row_once_with_filters() {
                     search: search.map(str::to_owned),
                     after,
                     limit: 4,
+                    sort: Sort::Id,
                 };
                 let page = s.list_products(&q).await.unwrap();
                 assert!(page.items.len() <= 4);
@@ -198,6 +199,78 @@ async fn keyset_pages_cover_every_row_once_with_filters() {
             sorted.dedup();
             assert_eq!(sorted.len(), expect, "{engine:?} {cat:?} {search:?}");
             assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        }
+        s.close().await;
+    }
+}
+
+#[tokio::test]
+async fn pages_sorted_by_price_cover_every_row_once_in_order_even_with_equal_prices() {
+    for engine in engines() {
+        let db = TestDb::new(engine).await;
+        let s = db.store().await;
+        s.migrate().await.unwrap();
+        s.ensure_categories(&[category("a"), category("b")])
+            .await
+            .unwrap();
+        for i in 0..41i64 {
+            let cat = if i % 3 == 0 { "b" } else { "a" };
+            // Many equal prices, so the id must break the ties across page boundaries.
+            let input = NewProductInput {
+                sku: format!("P{i}"),
+                name: format!("Thing {i}"),
+                description: String::new(),
+                price: Money {
+                    amount_minor: (i * 7) % 5 * 100,
+                    currency: "EUR".into(),
+                },
+                stock: 1,
+                category: cat.into(),
+            };
+            s.create_product(&NewProduct::parse(&input).unwrap())
+                .await
+                .unwrap();
+        }
+        for sort in [Sort::PriceAsc, Sort::PriceDesc] {
+            for (cat, search, expect) in [
+                (None, None, 41),
+                (Some("b"), None, 14),
+                (Some("a"), Some("thing 1"), 8),
+            ] {
+                let mut after: Option<Cursor> = None;
+                let mut seen: Vec<(i64, i64)> = Vec::new();
+                loop {
+                    let q = ListQuery {
+                        category: cat.map(|c| CategorySlug::parse(c).unwrap()),
+                        search: search.map(str::to_owned),
+                        after,
+                        limit: 3,
+                        sort,
+                    };
+                    let page = s.list_products(&q).await.unwrap();
+                    seen.extend(page.items.iter().map(|p| (p.price.amount_minor, p.id)));
+                    match page.next {
+                        Some(c) => {
+                            assert!(c.fits(sort));
+                            after = Some(c);
+                        }
+                        None => break,
+                    }
+                }
+                let unique: std::collections::HashSet<_> = seen.iter().map(|x| x.1).collect();
+                assert_eq!(
+                    unique.len(),
+                    expect,
+                    "{engine:?} {sort:?} {cat:?} {search:?}"
+                );
+                assert_eq!(seen.len(), expect, "no row twice");
+                let mut want = seen.clone();
+                want.sort();
+                if sort == Sort::PriceDesc {
+                    want.reverse();
+                }
+                assert_eq!(seen, want, "{engine:?} {sort:?}: in (price, id) order");
+            }
         }
         s.close().await;
     }

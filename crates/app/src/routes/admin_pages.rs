@@ -254,6 +254,7 @@ pub(crate) async fn home(
         search: None,
         after: cursor,
         limit: PAGE,
+        sort: tenfold_store::Sort::Id,
     };
     match app.store().list_products(&query).await {
         Ok(p) => {

@@ -20,7 +20,7 @@ use tenfold_cache::Value;
 use tenfold_catalog::{CategorySlug, Product, ProductId};
 use tenfold_pages::{Chrome, Image, ListView};
 use tenfold_store::queue::MediaRenditions;
-use tenfold_store::{Cursor, ListQuery};
+use tenfold_store::{Cursor, ListQuery, Sort};
 
 use crate::error::ApiError;
 use crate::routes::products::{
@@ -383,6 +383,7 @@ pub(crate) async fn home(State(app): State<App>, headers: HeaderMap) -> Response
             search: None,
             after: None,
             limit: FEATURED,
+            sort: Sort::Id,
         };
         let page = body_of(page_value(&app, query, None, None).await?)
             .map(|(_, b)| b)
@@ -409,6 +410,7 @@ pub(crate) struct ListParams {
     category: Option<String>,
     q: Option<String>,
     cursor: Option<String>,
+    sort: Option<String>,
 }
 
 /// `GET /products`.
@@ -455,11 +457,17 @@ async fn list(app: App, headers: HeaderMap, p: Option<ListParams>, is_search: bo
                 );
                 }
             }
+            let sort = match p.sort.as_deref().filter(|s| !s.is_empty()) {
+                None => Sort::Id,
+                Some(s) => errs.check("sort", Sort::parse(s)).unwrap_or_default(),
+            };
+            // A cursor from another order starts this one from its first page.
             let mut cursor = p
                 .cursor
                 .as_deref()
                 .filter(|c| !c.is_empty())
-                .and_then(|c| errs.check("cursor", Cursor::decode(c)).map(|k| (c, k)));
+                .and_then(|c| errs.check("cursor", Cursor::decode(c)).map(|k| (c, k)))
+                .filter(|(_, k)| k.fits(sort));
             if !errs.0.is_empty() {
                 return Err(ApiError::Validation(errs));
             }
@@ -495,6 +503,7 @@ async fn list(app: App, headers: HeaderMap, p: Option<ListParams>, is_search: bo
                     search: q.filter(|_| searching).map(str::to_owned),
                     after: cursor.map(|(_, k)| k),
                     limit: PAGE,
+                    sort,
                 };
                 body_of(page_value(&app, query, cursor.map(|(c, _)| c), None).await?)
                     .map(|(_, b)| b)
@@ -507,7 +516,8 @@ async fn list(app: App, headers: HeaderMap, p: Option<ListParams>, is_search: bo
                 .add(category.as_ref().map_or("", |c| c.as_str()).as_bytes())
                 .add(q.unwrap_or("").as_bytes())
                 .add(notice.as_deref().unwrap_or("").as_bytes())
-                .add(&[u8::from(deep_pages)]);
+                .add(&[u8::from(deep_pages)])
+                .add(sort.as_str().as_bytes());
             answer(&app, &headers, f.0, || {
                 let categories = category_list(&cats)?;
                 let (items, next_cursor) = if page.is_empty() {
@@ -525,6 +535,9 @@ async fn list(app: App, headers: HeaderMap, p: Option<ListParams>, is_search: bo
                     }
                     if let Some(cat) = &category {
                         s.append_pair("category", cat.as_str());
+                    }
+                    if sort != Sort::Id {
+                        s.append_pair("sort", sort.as_str());
                     }
                     s.append_pair("cursor", &c);
                     format!("{action}?{}", s.finish())
@@ -546,6 +559,7 @@ async fn list(app: App, headers: HeaderMap, p: Option<ListParams>, is_search: bo
                     q,
                     action,
                     items: &items,
+                    sort: sort.as_str(),
                     next,
                     notice: notice.as_deref().or(hint),
                 };

@@ -9,7 +9,7 @@ use tenfold_catalog::{
     Category, CategorySlug, NewCategory, NewCategoryInput, NewProduct, NewProductInput, Product,
     ProductId, ProductPatch, ProductPatchInput,
 };
-use tenfold_store::{Cursor, ListQuery, MAX_PAGE};
+use tenfold_store::{Cursor, ListQuery, Sort, MAX_PAGE};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::{ApiError, ApiResult, Problem};
@@ -225,6 +225,10 @@ pub(crate) struct ListParams {
     /// Page size, 1-100 (default 20).
     #[param(nullable = false, minimum = 1, maximum = 100)]
     limit: Option<i64>,
+    /// The order: `id` (default), `price` (cheapest first) or `-price`; a cursor continues the order it
+    /// came from.
+    #[param(nullable = false, pattern = "^(id|price|-price)$")]
+    sort: Option<String>,
 }
 
 /// One page of products.
@@ -285,10 +289,22 @@ pub(crate) async fn list_products(
         }
         Some(q) => Some(q.to_owned()),
     };
+    let sort = match p.sort.as_deref() {
+        None => Some(Sort::Id),
+        Some(s) => errs.check("sort", Sort::parse(s)),
+    };
     let after = p
         .cursor
         .as_deref()
         .and_then(|c| errs.check("cursor", Cursor::decode(c)));
+    if let (Some(a), Some(s)) = (after, sort) {
+        if !a.fits(s) {
+            let _: Option<()> = errs.check(
+                "cursor",
+                Err("this cursor continues a listing in another order: pass the same sort as the page it came from".into()),
+            );
+        }
+    }
     if !errs.0.is_empty() {
         return Err(ApiError::Validation(errs));
     }
@@ -305,6 +321,7 @@ pub(crate) async fn list_products(
         search,
         after,
         limit,
+        sort: sort.unwrap_or_default(),
     };
     let value = page_value(&app, query, p.cursor.as_deref(), read_after).await?;
     Ok(cached::answer_page(
@@ -333,6 +350,9 @@ pub(crate) async fn page_value(
             c.append_pair("cursor", cursor);
         }
         c.append_pair("limit", &limit.to_string());
+        if query.sort != Sort::Id {
+            c.append_pair("sort", query.sort.as_str());
+        }
         c.finish()
     };
     let key = app.cache().page_key(
@@ -370,6 +390,9 @@ fn product_page(page: tenfold_store::Page, q: &ListQuery) -> ProductPage {
         }
         s.append_pair("cursor", c);
         s.append_pair("limit", &q.limit.to_string());
+        if q.sort != Sort::Id {
+            s.append_pair("sort", q.sort.as_str());
+        }
         format!("/api/products?{}", s.finish())
     });
     ProductPage {

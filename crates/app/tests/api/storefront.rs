@@ -358,3 +358,64 @@ async fn flags_switch_storefront_features_off_and_pages_keep_working() {
     assert_ne!(ids(&html), ids(&first));
     j.app.stop().await;
 }
+
+#[tokio::test]
+async fn lists_sort_by_price_in_the_form_the_links_and_the_api() {
+    let (_db, j) = seeded(Engine::Sqlite, 45).await;
+    let app = &j.app;
+    let price_of = |html: &str| -> Vec<f64> {
+        html.split("<span class=\"price\">")
+            .skip(1)
+            .filter_map(|s| s.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    for (sort, ascending) in [("price", true), ("-price", false)] {
+        let mut next = Some(format!("/products?sort={sort}"));
+        let (mut prices, mut ids_seen) = (Vec::new(), Vec::new());
+        while let Some(path) = next {
+            let (status, html) = page(app, &path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(
+                html.contains(&format!("<option value=\"{sort}\" selected>")),
+                "{path}"
+            );
+            prices.extend(price_of(&html));
+            ids_seen.extend(ids(&html));
+            next = next_link(&html);
+            if let Some(n) = &next {
+                assert!(n.contains(&format!("sort={sort}")), "{n}");
+            }
+        }
+        assert_eq!(ids_seen.len(), 45);
+        assert_eq!(ids_seen.iter().collect::<HashSet<_>>().len(), 45);
+        let mut want = prices.clone();
+        want.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        if !ascending {
+            want.reverse();
+        }
+        assert_eq!(prices, want, "{sort}");
+    }
+    // The API takes the same orders; a cursor only continues its own.
+    let r = client()
+        .get(app.url("/api/products?sort=-price&limit=5"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = r.json().await.unwrap();
+    let next = v["next"].as_str().unwrap().to_owned();
+    assert!(next.contains("sort=-price"), "{next}");
+    let cursor = v["next_cursor"].as_str().unwrap();
+    let r = client()
+        .get(app.url(&format!("/api/products?cursor={cursor}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = client()
+        .get(app.url("/api/products?sort=name"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    j.app.stop().await;
+}
