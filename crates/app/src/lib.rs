@@ -429,6 +429,7 @@ impl App {
             self.clone(),
             flags::read_only,
         ))
+        .layer(axum::middleware::from_fn(routes::pages::html_errors))
         .layer(
             CompressionLayer::new()
                 .quality(CompressionLevel::Precise(4))

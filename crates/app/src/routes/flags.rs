@@ -57,11 +57,13 @@ pub(crate) fn require(app: &App, flag: &Flag, headers: &HeaderMap) -> ApiResult<
 /// with Retry-After before its body is read; reads, and the flag routes themselves, keep working.
 pub(crate) async fn read_only(State(app): State<App>, req: Request, next: Next) -> Response {
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if write
-        && req.uri().path().starts_with("/api/")
-        && !req.uri().path().starts_with("/api/admin/flags")
-        && app.flags().is_on(&tenfold_flags::READ_ONLY, None)
-    {
+    let path = req.uri().path();
+    // Every write to the database: the API's, and the storefront's checkout and admin edits (a cart
+    // change only sets a cookie, and signing in writes nothing).
+    let writes_data = (path.starts_with("/api/") && !path.starts_with("/api/admin/flags"))
+        || path == "/checkout"
+        || path.starts_with("/admin/products");
+    if write && writes_data && app.flags().is_on(&tenfold_flags::READ_ONLY, None) {
         return ApiError::Unavailable {
             detail: "the service is in read-only maintenance mode: reads work, writes are refused until it ends".into(),
             retry_after: Duration::from_secs(60),

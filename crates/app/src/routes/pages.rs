@@ -669,3 +669,51 @@ pub(crate) async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Respo
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
     resp
 }
+
+/// Errors a browser gets from outside the page handlers (a shed request, a rate limit, maintenance mode,
+/// an unknown path) are problem+json like every error of this service; for a page route asked for by a
+/// browser (`Accept: text/html`) this turns them into a page with the same status and headers.
+pub(crate) async fn html_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let page_route = !(path.starts_with("/api/")
+        || path.starts_with("/media/")
+        || path.starts_with("/assets/")
+        || matches!(path, "/healthz" | "/readyz" | "/metrics"));
+    let wants_html = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let resp = next.run(req).await;
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == crate::error::PROBLEM_JSON.as_bytes());
+    if !(page_route && wants_html && is_problem) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let problem: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let title = problem["title"].as_str().unwrap_or("Something went wrong");
+    let detail = problem["detail"].as_str().unwrap_or("");
+    let c = Chrome {
+        enhance: false,
+        save_data: false,
+        search: false,
+        ordering: false,
+        categories: Vec::new(),
+    };
+    let html = tenfold_pages::message(&c, title, detail).into_string();
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(html))
+}

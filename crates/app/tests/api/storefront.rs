@@ -419,3 +419,68 @@ async fn lists_sort_by_price_in_the_form_the_links_and_the_api() {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     j.app.stop().await;
 }
+
+#[tokio::test]
+async fn errors_outside_the_page_handlers_are_pages_for_browsers_and_problems_for_the_api() {
+    let (_db, j) = seeded(Engine::Sqlite, 3).await;
+    let app = &j.app;
+    let get = |path: &str, accept: &'static str| {
+        let url = app.url(path);
+        async move {
+            client()
+                .get(url)
+                .header("accept", accept)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let browser = "text/html,application/xhtml+xml,*/*;q=0.8";
+    let r = get("/no/such/page", browser).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("there is no resource at /no/such/page"));
+    let r = get("/api/no/such", browser).await;
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let r = get("/no/such/page", "application/json").await;
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+
+    // Maintenance: checkout gets a page saying so, with its Retry-After (the cart itself, a cookie,
+    // still works).
+    j.flags
+        .set("read_only", true, None, Some("test"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client()
+        .post(app.url("/cart"))
+        .header("accept", browser)
+        .form(&[("product_id", "1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the cart works in maintenance");
+    let r = client()
+        .post(app.url("/checkout"))
+        .header("accept", browser)
+        .form(&[("csrf", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let html = r.text().await.unwrap();
+    assert!(
+        html.starts_with("<!DOCTYPE html>") && html.contains("<h1>"),
+        "{html}"
+    );
+    j.flags.remove("read_only").await.unwrap();
+    j.app.stop().await;
+}
