@@ -112,6 +112,16 @@ async fn path(c: &Client) -> String {
     }
 }
 
+/// Clicks the first element `css` selects.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn h1(c: &Client) -> String {
     c.find(Locator::Css("h1"))
         .await
@@ -220,22 +230,12 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
         .select_by_value("")
         .await
         .unwrap();
-    c.find(Locator::Css("form.filters button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "form.filters button").await;
     assert_eq!(h1(&c).await, "All products");
 
     // Pagination by the plain link.
     let first = ids_on_page(&c).await;
-    c.find(Locator::Css("a[rel=next]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "a[rel=next]").await;
     assert!(path(&c).await.contains("cursor="));
     let second = ids_on_page(&c).await;
     assert!(!second.is_empty());
@@ -254,12 +254,7 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
     let word = name.split_whitespace().next().unwrap().to_owned();
     let q = c.find(Locator::Css("input[name=q]")).await.unwrap();
     q.send_keys(&word).await.unwrap();
-    c.find(Locator::Css("form.search button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "form.search button").await;
     assert!(path(&c).await.starts_with("/search?q="));
     let found = c.find_all(Locator::Css("li.card a.name")).await.unwrap();
     let mut names = Vec::new();
@@ -273,12 +268,7 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
     // → cart → checkout, by forms alone.
     c.goto(&format!("{base}/products/1")).await.unwrap();
     {
-        c.find(Locator::Css("form[data-cart] button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "form[data-cart] button").await;
         until("the cart page", || async { path(&c).await == "/cart" }).await;
         assert!(
             !c.find_all(Locator::Css("td a[href='/products/1']"))
@@ -289,12 +279,7 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
         );
         accessible(&c, "cart").await;
         screenshot(&c, "nojs-cart").await;
-        c.find(Locator::Css("form[action='/checkout'] button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "form[action='/checkout'] button").await;
         until("the order page", || async {
             path(&c).await.starts_with("/orders/")
         })
@@ -394,12 +379,7 @@ async fn with_javascript_search_suggests_and_scrolling_appends_pages_without_dup
     // In-place add to cart: the page stays, the form says so.
     let product_url = path(&c).await;
     {
-        c.find(Locator::Css("form[data-cart] button"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        click(&c, "form[data-cart] button").await;
         until("the in-place confirmation", || async {
             match c.find(Locator::Css("form[data-cart] .added")).await {
                 Ok(e) => e.text().await.unwrap_or_default().contains("in your cart"),
@@ -513,12 +493,7 @@ async fn an_admin_signs_in_and_uploads_a_picture_with_progress() {
         .send_keys(tenfold_test_support::TEST_API_KEY)
         .await
         .unwrap();
-    c.find(Locator::Css("form.stack button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "form.stack button").await;
     until("the admin page", || async { path(&c).await == "/admin" }).await;
     c.goto(&format!("{base}/admin/products/1")).await.unwrap();
     accessible(&c, "edit").await;
@@ -529,12 +504,7 @@ async fn an_admin_signs_in_and_uploads_a_picture_with_progress() {
         .send_keys(file.to_str().unwrap())
         .await
         .unwrap();
-    c.find(Locator::Css("form[data-upload] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "form[data-upload] button").await;
     until("the upload to finish", || async {
         path(&c).await.contains("uploaded=")
     })

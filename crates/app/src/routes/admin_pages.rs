@@ -27,27 +27,11 @@ const PAGE: u32 = 50;
 
 /// A page with `no-store`, and the CSRF cookie when it was new.
 fn page(status: StatusCode, html: Markup, set_csrf: Option<HeaderValue>) -> Response {
-    let mut resp = (status, html.into_string()).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(c) = set_csrf {
-        h.append(header::SET_COOKIE, c);
-    }
-    resp
+    crate::routes::html::page(status, html, &[set_csrf])
 }
 
 fn see_other(to: &str) -> Response {
-    let mut resp = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(to) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    crate::routes::html::see_other(to, &[])
 }
 
 async fn chrome(app: &App) -> Chrome {

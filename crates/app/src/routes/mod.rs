@@ -3,6 +3,7 @@
 pub(crate) mod admin_pages;
 pub(crate) mod customers;
 pub(crate) mod flags;
+pub(crate) mod html;
 pub(crate) mod jobs;
 pub(crate) mod media;
 pub(crate) mod ops;

@@ -18,6 +18,7 @@ use tenfold_pages::shop::{self, CartLine, OrderLine};
 use tenfold_store::StockItem;
 
 use crate::error::ApiError;
+use crate::routes::html::{page, see_other};
 use crate::routes::pages::{categories, category_list, error_page, want, Want};
 use crate::session::{self, CSRF_COOKIE};
 use crate::App;
@@ -64,39 +65,39 @@ fn cart_cookie(headers: &HeaderMap, lines: &[(i64, u32)]) -> Option<HeaderValue>
     session::set_cookie(headers, CART_COOKIE, &value, "/", max_age)
 }
 
-fn page(status: StatusCode, html: maud::Markup, cookies: &[Option<HeaderValue>]) -> Response {
-    let mut resp = (status, html.into_string()).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for c in cookies.iter().flatten() {
-        h.append(header::SET_COOKIE, c.clone());
-    }
-    resp
-}
-
-fn see_other(to: &str, cookies: &[Option<HeaderValue>]) -> Response {
-    let mut resp = StatusCode::SEE_OTHER.into_response();
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(to) {
-        h.insert(header::LOCATION, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    for c in cookies.iter().flatten() {
-        h.append(header::SET_COOKIE, c.clone());
-    }
-    resp
-}
-
-async fn message(app: &App, w: &Want, status: StatusCode, title: &str, text: &str) -> Response {
-    let cats = categories(app)
+/// The categories for the navigation (none when they cannot be read: the page goes out anyway).
+async fn nav(app: &App) -> Vec<tenfold_catalog::Category> {
+    categories(app)
         .await
         .ok()
         .and_then(|b| category_list(&b).ok())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+async fn ordering_off(app: &App, w: &Want) -> Response {
+    message(
+        app,
+        w,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Ordering is off",
+        "Orders cannot be placed on this instance.",
+    )
+    .await
+}
+
+async fn form_expired(app: &App, w: &Want) -> Response {
+    message(
+        app,
+        w,
+        StatusCode::FORBIDDEN,
+        "The form has expired",
+        "Go back, reload the page and send it again.",
+    )
+    .await
+}
+
+async fn message(app: &App, w: &Want, status: StatusCode, title: &str, text: &str) -> Response {
+    let cats = nav(app).await;
     page(
         status,
         tenfold_pages::message(&w.chrome(cats), title, text),
@@ -144,14 +145,7 @@ pub(crate) async fn add(
 ) -> Response {
     let w = want(&app, &headers);
     if ordering(&app).is_none() {
-        return message(
-            &app,
-            &w,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Ordering is off",
-            "Orders cannot be placed on this instance.",
-        )
-        .await;
+        return ordering_off(&app, &w).await;
     }
     if cross_site(&headers) {
         return message(
@@ -255,35 +249,17 @@ pub(crate) async fn cart(
 ) -> Response {
     let w = want(&app, &headers);
     let Some(_) = ordering(&app) else {
-        return message(
-            &app,
-            &w,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Ordering is off",
-            "Orders cannot be placed on this instance.",
-        )
-        .await;
+        return ordering_off(&app, &w).await;
     };
     let Some(key) = &app.inner.session_key else {
-        return message(
-            &app,
-            &w,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Ordering is off",
-            "Orders cannot be placed on this instance.",
-        )
-        .await;
+        return ordering_off(&app, &w).await;
     };
     let cart = read_cart(&headers);
     let lines = match load_lines(&app, &cart).await {
         Ok(l) => l,
         Err(e) => return error_page(&w, e),
     };
-    let cats = categories(&app)
-        .await
-        .ok()
-        .and_then(|b| category_list(&b).ok())
-        .unwrap_or_default();
+    let cats = nav(&app).await;
     let (csrf_cookie, set) = session::csrf_cookie(&headers);
     let notice = q.ok().and_then(|q| q.0.error).map(|e| match e.as_str() {
         "stock" => {
@@ -337,14 +313,7 @@ pub(crate) async fn update(
         .await;
     };
     if !csrf_ok(&app, &headers, &f.csrf).await {
-        return message(
-            &app,
-            &w,
-            StatusCode::FORBIDDEN,
-            "The form has expired",
-            "Go back, reload the page and send it again.",
-        )
-        .await;
+        return form_expired(&app, &w).await;
     }
     let mut lines = read_cart(&headers);
     let q = f.quantity.min(MAX_QUANTITY);
@@ -371,14 +340,7 @@ pub(crate) async fn checkout(
 ) -> Response {
     let w = want(&app, &headers);
     let Some(tokens) = ordering(&app) else {
-        return message(
-            &app,
-            &w,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Ordering is off",
-            "Orders cannot be placed on this instance.",
-        )
-        .await;
+        return ordering_off(&app, &w).await;
     };
     let Ok(Form(f)) = form else {
         return message(
@@ -391,14 +353,7 @@ pub(crate) async fn checkout(
         .await;
     };
     if !csrf_ok(&app, &headers, &f.csrf).await {
-        return message(
-            &app,
-            &w,
-            StatusCode::FORBIDDEN,
-            "The form has expired",
-            "Go back, reload the page and send it again.",
-        )
-        .await;
+        return form_expired(&app, &w).await;
     }
     let cart = read_cart(&headers);
     if cart.is_empty() {
@@ -489,11 +444,7 @@ pub(crate) async fn order(
         Ok(_) => return not_found().await,
         Err(e) => return error_page(&w, e),
     };
-    let cats = categories(&app)
-        .await
-        .ok()
-        .and_then(|b| category_list(&b).ok())
-        .unwrap_or_default();
+    let cats = nav(&app).await;
     let money = |amount_minor: i64| Money {
         amount_minor,
         currency: order.currency.clone(),

@@ -1,50 +1,11 @@
 //! The admin pages: sign-in with the API key into a signed session cookie, CSRF tokens on every form,
 //! product create and edit through plain forms (POST, then 303), conflicts and bad input as pages.
 
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use reqwest::redirect::Policy;
-use reqwest::{Client, Response, StatusCode};
+use reqwest::header::{COOKIE, LOCATION};
+use reqwest::StatusCode;
 use tenfold_test_support::{spawn_app_with_jobs, Engine, TestDb, TEST_API_KEY};
 
-fn browser() -> Client {
-    Client::builder()
-        .no_proxy()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// The cookies a browser would keep, as one Cookie header.
-#[derive(Default)]
-struct Jar(Vec<(String, String)>);
-
-impl Jar {
-    fn take(&mut self, r: &Response) {
-        for v in r.headers().get_all(SET_COOKIE) {
-            let v = v.to_str().unwrap();
-            let (kv, attrs) = v.split_once(';').unwrap_or((v, ""));
-            let (k, val) = kv.split_once('=').unwrap();
-            assert!(attrs.contains("HttpOnly"), "{v}");
-            assert!(attrs.contains("SameSite=Strict"), "{v}");
-            self.0.retain(|(n, _)| n != k);
-            if !attrs.contains("Max-Age=0") {
-                self.0.push((k.to_owned(), val.to_owned()));
-            }
-        }
-    }
-
-    fn header(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|(k, _)| k == name)
-    }
-}
+use crate::helpers::{browser, csrf, Jar};
 
 async fn get(base: &str, path: &str, jar: &mut Jar) -> (StatusCode, String, Option<String>) {
     let r = browser()
@@ -80,11 +41,6 @@ async fn post(
         .get(LOCATION)
         .map(|v| v.to_str().unwrap().to_owned());
     (r.status(), r.text().await.unwrap(), loc)
-}
-
-fn csrf(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("a CSRF field");
-    html[at + 19..].split('"').next().unwrap().to_owned()
 }
 
 fn hidden(html: &str, name: &str) -> String {

@@ -138,3 +138,53 @@ pub(crate) async fn lamp(app: &TestApp) -> i64 {
         .as_i64()
         .unwrap()
 }
+
+/// A client that acts like a browser submitting forms: no redirects followed (the 303s are checked).
+pub(crate) fn browser() -> Client {
+    Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The cookies a browser would keep, sent back as one Cookie header. Every cookie this service sets
+/// must be HttpOnly and SameSite=Strict.
+#[derive(Default)]
+pub(crate) struct Jar(Vec<(String, String)>);
+
+impl Jar {
+    pub(crate) fn take(&mut self, r: &Response) {
+        for v in r.headers().get_all(reqwest::header::SET_COOKIE) {
+            let v = v.to_str().unwrap();
+            let (kv, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let (k, val) = kv.split_once('=').unwrap();
+            assert!(attrs.contains("HttpOnly"), "{v}");
+            assert!(attrs.contains("SameSite=Strict"), "{v}");
+            self.0.retain(|(n, _)| n != k);
+            if !attrs.contains("Max-Age=0") {
+                self.0.push((k.to_owned(), val.to_owned()));
+            }
+        }
+    }
+
+    pub(crate) fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub(crate) fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+}
+
+/// The CSRF field of the first form in a page.
+pub(crate) fn csrf(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .unwrap_or_else(|| panic!("a CSRF field in {html}"));
+    html[at + 19..].split('"').next().unwrap().to_owned()
+}

@@ -3,43 +3,12 @@
 
 use std::sync::Arc;
 
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use reqwest::redirect::Policy;
-use reqwest::{Client, StatusCode};
+use reqwest::header::{COOKIE, LOCATION};
+use reqwest::StatusCode;
 use tenfold_store::OrderShards;
 use tenfold_test_support::{spawn_app_full, CacheConfig, Engine, HttpConfig, TestDb};
 
-fn browser() -> Client {
-    Client::builder()
-        .no_proxy()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-#[derive(Default, Clone)]
-struct Jar(Vec<(String, String)>);
-
-impl Jar {
-    fn take(&mut self, r: &reqwest::Response) {
-        for v in r.headers().get_all(SET_COOKIE) {
-            let v = v.to_str().unwrap();
-            let (kv, attrs) = v.split_once(';').unwrap_or((v, ""));
-            let (k, val) = kv.split_once('=').unwrap();
-            self.0.retain(|(n, _)| n != k);
-            if !attrs.contains("Max-Age=0") {
-                self.0.push((k.to_owned(), val.to_owned()));
-            }
-        }
-    }
-    fn header(&self) -> String {
-        self.0
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
+use crate::helpers::{browser, csrf, Jar};
 
 async fn send(jar: &mut Jar, req: reqwest::RequestBuilder) -> (StatusCode, String, Option<String>) {
     let r = req.header(COOKIE, jar.header()).send().await.unwrap();
@@ -49,13 +18,6 @@ async fn send(jar: &mut Jar, req: reqwest::RequestBuilder) -> (StatusCode, Strin
         .get(LOCATION)
         .map(|v| v.to_str().unwrap().to_owned());
     (r.status(), r.text().await.unwrap(), loc)
-}
-
-fn csrf(html: &str) -> String {
-    let at = html
-        .find("name=\"csrf\" value=\"")
-        .unwrap_or_else(|| panic!("a CSRF field in {html}"));
-    html[at + 19..].split('"').next().unwrap().to_owned()
 }
 
 #[tokio::test]
