@@ -107,6 +107,25 @@ async fn check_csrf(app: &App, headers: &HeaderMap, field: &str) -> Result<(), R
     }
 }
 
+/// A posted form that carries a CSRF field.
+trait Posted {
+    fn csrf(&self) -> &str;
+}
+
+/// The form, if it parsed and its CSRF field matches; else the page that says what is wrong.
+async fn posted<T: Posted>(
+    app: &App,
+    headers: &HeaderMap,
+    form: Result<Form<T>, FormRejection>,
+) -> Result<T, Response> {
+    let Form(f) = match form {
+        Ok(f) => f,
+        Err(e) => return Err(bad_form(app, e).await),
+    };
+    check_csrf(app, headers, f.csrf()).await?;
+    Ok(f)
+}
+
 async fn bad_form(app: &App, e: FormRejection) -> Response {
     message(
         app,
@@ -138,19 +157,22 @@ pub(crate) struct SignIn {
     api_key: String,
 }
 
+impl Posted for SignIn {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// `POST /admin/sign-in`.
 pub(crate) async fn sign_in(
     State(app): State<App>,
     headers: HeaderMap,
     form: Result<Form<SignIn>, FormRejection>,
 ) -> Response {
-    let Form(f) = match form {
+    let f = match posted(&app, &headers, form).await {
         Ok(f) => f,
-        Err(e) => return bad_form(&app, e).await,
+        Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&app, &headers, &f.csrf).await {
-        return r;
-    }
     let (Some(k), Some(api_key)) = (&app.inner.session_key, &app.inner.api_key) else {
         return key(&app).await.err().unwrap_or_else(|| see_other("/"));
     };
@@ -190,17 +212,19 @@ pub(crate) struct CsrfOnly {
     csrf: String,
 }
 
+impl Posted for CsrfOnly {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// `POST /admin/sign-out`.
 pub(crate) async fn sign_out(
     State(app): State<App>,
     headers: HeaderMap,
     form: Result<Form<CsrfOnly>, FormRejection>,
 ) -> Response {
-    let Form(f) = match form {
-        Ok(f) => f,
-        Err(e) => return bad_form(&app, e).await,
-    };
-    if let Err(r) = check_csrf(&app, &headers, &f.csrf).await {
+    if let Err(r) = posted(&app, &headers, form).await {
         return r;
     }
     let mut resp = see_other("/");
@@ -276,6 +300,12 @@ pub(crate) struct ProductFields {
     currency: String,
     stock: String,
     category: String,
+}
+
+impl Posted for ProductFields {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 impl ProductFields {
@@ -407,13 +437,10 @@ pub(crate) async fn create_product(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Form(f) = match form {
+    let f = match posted(&app, &headers, form).await {
         Ok(f) => f,
-        Err(e) => return bad_form(&app, e).await,
+        Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&app, &headers, &f.csrf).await {
-        return r;
-    }
     let refused = |errors: Vec<(String, String)>, status: StatusCode| {
         let app = app.clone();
         let (csrf, set, v) = (csrf.clone(), set.clone(), f.form());
@@ -617,13 +644,10 @@ pub(crate) async fn update_product(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Form(f) = match form {
+    let f = match posted(&app, &headers, form).await {
         Ok(f) => f,
-        Err(e) => return bad_form(&app, e).await,
+        Err(r) => return r,
     };
-    if let Err(r) = check_csrf(&app, &headers, &f.csrf).await {
-        return r;
-    }
     let Some(id) = product_id(&raw) else {
         return message(
             &app,
