@@ -137,6 +137,19 @@ impl Handler for ImportProducts {
             .recount_categories()
             .await
             .map_err(|e| JobError::Retry(format!("cannot recount categories: {e}")))?;
+        if imported > 0 {
+            // Running instances drop their list pages and category counts at once, as after any
+            // write through them (a lost announcement leaves lists stale only until their TTL).
+            let change = tenfold_cache::Change {
+                tags: vec!["categories".into()],
+                all_lists: true,
+                ..Default::default()
+            };
+            if let Err(e) = tenfold_cache::announce(self.store.change_feed().as_ref(), change).await
+            {
+                tracing::warn!(error = %e, "could not tell running instances about the imported products");
+            }
+        }
         Ok(json!({
             "rows": total,
             "imported": imported,

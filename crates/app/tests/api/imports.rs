@@ -72,12 +72,41 @@ async fn an_import_reports_bad_rows_and_imports_the_others_once() {
         body.push_str("BAD-2,Unknown category,,100,EUR,1,nowhere\n");
         body.push_str("BAD-3,,,100,EUR,1,lamps\n");
         body.push_str(&csv(0, 5)[body.find('\n').unwrap() + 1..]); // 5 repeated SKUs
+                                                                   // A list page and the category counts cached before the import...
+        let list = |base: String| async move {
+            reqwest::get(format!("{base}/api/products?category=lamps&limit=5"))
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        };
+        assert_eq!(
+            list(base.clone()).await["items"].as_array().unwrap().len(),
+            0
+        );
         let r = post_import(&base, body).await;
         assert_eq!(r.status(), StatusCode::ACCEPTED, "{engine:?}");
         let job = r.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
         let (stop, task) = start_worker(&j);
         let end = until_finished(&base, job).await;
         assert_eq!(end["state"], "done", "{engine:?}: {end}");
+        // ...show the imported products soon after, not after their TTL (the job announces them).
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while list(base.clone()).await["items"].as_array().unwrap().len() < 5 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{engine:?}: the cached list never showed the import"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cats: Value = reqwest::get(format!("{base}/api/categories"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(cats["items"][0]["product_count"], 1200, "{cats}");
         let res = &end["result"];
         assert_eq!(res["rows"], 1208);
         assert_eq!(res["imported"], 1200);
