@@ -129,6 +129,13 @@ pub struct NewMedia {
     pub size: u64,
 }
 
+/// A value bound to a statement of [`JobQueue::fenced_update`].
+enum Bind {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(String),
+}
+
 /// A product's media with the renditions its job made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaRenditions {
@@ -856,6 +863,40 @@ impl JobQueue {
             .collect()
     }
 
+    /// `UPDATE jobs SET {set} WHERE id = ? AND lease = ? AND state = 'running'`, with `binds` for the
+    /// placeholders of `set`: true when this lease still held the job (a worker that lost it changes
+    /// nothing). `relaxed`: through the pool without synchronous commit, when there is one.
+    async fn fenced_update(
+        &self,
+        lease: &Lease,
+        relaxed: bool,
+        set: &str,
+        binds: &[Bind],
+    ) -> Result<bool, StoreError> {
+        let sql = format!("UPDATE jobs SET {set} WHERE id = ? AND lease = ? AND state = 'running'");
+        let pool = match (&self.relaxed, relaxed) {
+            (Some(r), true) => r,
+            _ => &self.pool,
+        };
+        Ok(on_queue!(pool, |p, ph| {
+            let text = ph(&sql);
+            let mut q = sqlx::query(&text);
+            for b in binds {
+                q = match b {
+                    Bind::Int(v) => q.bind(*v),
+                    Bind::OptInt(v) => q.bind(*v),
+                    Bind::Text(v) => q.bind(v.as_str()),
+                };
+            }
+            q.bind(lease.job.id)
+                .bind(lease.token)
+                .execute(p)
+                .await?
+                .rows_affected()
+                == 1
+        }))
+    }
+
     /// Renews a lease and records progress (0-100) if given.
     pub async fn heartbeat(
         &self,
@@ -864,21 +905,19 @@ impl JobQueue {
         progress: Option<u8>,
     ) -> Result<Beat, StoreError> {
         let now = now_ms();
-        let sql =
-            "UPDATE jobs SET lease_until = ?, progress = COALESCE(?, progress), updated_ms = ? \
-                   WHERE id = ? AND lease = ? AND state = 'running'";
-        let n = on_queue!(self.relaxed.as_ref().unwrap_or(&self.pool), |p, ph| {
-            sqlx::query(&ph(sql))
-                .bind(now + extend.as_millis() as i64)
-                .bind(progress.map(|x| i64::from(x.min(100))))
-                .bind(now)
-                .bind(lease.job.id)
-                .bind(lease.token)
-                .execute(p)
-                .await?
-                .rows_affected()
-        });
-        if n == 1 {
+        let renewed = self
+            .fenced_update(
+                lease,
+                true,
+                "lease_until = ?, progress = COALESCE(?, progress), updated_ms = ?",
+                &[
+                    Bind::Int(now + extend.as_millis() as i64),
+                    Bind::OptInt(progress.map(|x| i64::from(x.min(100)))),
+                    Bind::Int(now),
+                ],
+            )
+            .await?;
+        if renewed {
             nats::ack(&lease.delivery, AckKind::Progress).await;
             return Ok(Beat::Renewed);
         }
@@ -899,20 +938,15 @@ impl JobQueue {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let result = serde_json::to_string(result).map_err(|e| StoreError::Other(Box::new(e)))?;
-        let sql = "UPDATE jobs SET state = 'done', result = ?, progress = 100, finished_ms = ?, \
-                   lease_until = NULL, updated_ms = ? WHERE id = ? AND lease = ? AND state = 'running'";
-        let done = on_queue!(&self.pool, |p, ph| {
-            sqlx::query(&ph(sql))
-                .bind(result)
-                .bind(now)
-                .bind(now)
-                .bind(lease.job.id)
-                .bind(lease.token)
-                .execute(p)
-                .await?
-                .rows_affected()
-                == 1
-        });
+        let done = self
+            .fenced_update(
+                lease,
+                false,
+                "state = 'done', result = ?, progress = 100, finished_ms = ?, lease_until = NULL, \
+                 updated_ms = ?",
+                &[Bind::Text(result), Bind::Int(now), Bind::Int(now)],
+            )
+            .await?;
         if done {
             nats::ack(&lease.delivery, AckKind::Ack).await;
         }
@@ -928,18 +962,13 @@ impl JobQueue {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let v = serde_json::to_string(checkpoint).map_err(|e| StoreError::Other(Box::new(e)))?;
-        let sql = "UPDATE jobs SET checkpoint = ?, updated_ms = ? WHERE id = ? AND lease = ? AND state = 'running'";
-        Ok(on_queue!(&self.pool, |p, ph| {
-            sqlx::query(&ph(sql))
-                .bind(v)
-                .bind(now)
-                .bind(lease.job.id)
-                .bind(lease.token)
-                .execute(p)
-                .await?
-                .rows_affected()
-                == 1
-        }))
+        self.fenced_update(
+            lease,
+            false,
+            "checkpoint = ?, updated_ms = ?",
+            &[Bind::Text(v), Bind::Int(now)],
+        )
+        .await
     }
 
     /// Ends several jobs done in one statement (a worker's completions, batched); returns the ids whose
@@ -1027,23 +1056,21 @@ impl JobQueue {
         } else {
             error.to_owned()
         };
-        let sql = "UPDATE jobs SET state = ?, last_error = ?, run_at = ?, finished_ms = ?, \
-                   lease_until = NULL, worker = NULL, updated_ms = ? \
-                   WHERE id = ? AND lease = ? AND state = 'running'";
-        let recorded = on_queue!(&self.pool, |p, ph| {
-            sqlx::query(&ph(sql))
-                .bind(state.as_str())
-                .bind(&error)
-                .bind(run_at)
-                .bind(finished)
-                .bind(now)
-                .bind(lease.job.id)
-                .bind(lease.token)
-                .execute(p)
-                .await?
-                .rows_affected()
-                == 1
-        });
+        let recorded = self
+            .fenced_update(
+                lease,
+                false,
+                "state = ?, last_error = ?, run_at = ?, finished_ms = ?, lease_until = NULL, \
+                 worker = NULL, updated_ms = ?",
+                &[
+                    Bind::Text(state.as_str().to_owned()),
+                    Bind::Text(error),
+                    Bind::Int(run_at),
+                    Bind::OptInt(finished),
+                    Bind::Int(now),
+                ],
+            )
+            .await?;
         if recorded {
             // A retry comes back when its backoff ends; a dead or failed job's message is done with.
             match state {
@@ -1060,23 +1087,20 @@ impl JobQueue {
     /// Gives a claimed job back unrun (a worker shutting down): the attempt does not count.
     pub async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         let now = now_ms();
-        let sql = "UPDATE jobs SET state = 'queued', attempts = attempts - 1, lease_until = NULL, \
-                   worker = NULL, run_at = ?, updated_ms = ? WHERE id = ? AND lease = ? AND state = 'running'";
-        let n = on_queue!(&self.pool, |p, ph| {
-            sqlx::query(&ph(sql))
-                .bind(now)
-                .bind(now)
-                .bind(lease.job.id)
-                .bind(lease.token)
-                .execute(p)
-                .await?
-                .rows_affected()
-        });
-        if n == 1 {
+        let released = self
+            .fenced_update(
+                lease,
+                false,
+                "state = 'queued', attempts = attempts - 1, lease_until = NULL, worker = NULL, \
+                 run_at = ?, updated_ms = ?",
+                &[Bind::Int(now), Bind::Int(now)],
+            )
+            .await?;
+        if released {
             nats::give_back(&lease.delivery, None).await;
             self.wake(&lease.job.queue).await;
         }
-        Ok(n == 1)
+        Ok(released)
     }
 
     /// Cancels a job that has not finished; returns it as it is now (`None` if there is no such job).
