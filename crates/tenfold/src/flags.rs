@@ -47,37 +47,37 @@ pub(crate) async fn flags(config: Config, action: FlagsAction) -> anyhow::Result
     match action {
         FlagsAction::List => {
             let (version, set) = table.list().await?;
+            let row = |name: &str, on: bool, percent: Option<u8>, source: &str, what: &str| {
+                let percent = percent.map_or("-".into(), |p| p.to_string());
+                println!("{name:<16} {on:<5} {percent:>7}  {source:<8} {what}");
+            };
             println!(
                 "{:<16} {:<5} {:>7}  {:<8} note / what",
                 "flag", "on", "percent", "source"
             );
             for k in tenfold_flags::KNOWN {
                 match set.iter().find(|r| r.name == k.name) {
-                    Some(r) => println!(
-                        "{:<16} {:<5} {:>7}  {:<8} {}",
-                        r.name,
+                    Some(r) => row(
+                        &r.name,
                         r.enabled,
-                        r.percent.map_or("-".into(), |p| p.to_string()),
+                        r.percent,
                         "set",
-                        r.note.as_deref().unwrap_or(k.what)
+                        r.note.as_deref().unwrap_or(k.what),
                     ),
-                    None => println!(
-                        "{:<16} {:<5} {:>7}  {:<8} {}",
-                        k.name, k.default, "-", "default", k.what
-                    ),
+                    None => row(k.name, k.default, None, "default", k.what),
                 }
             }
+            // Rows of flags this version does not evaluate (set by a newer one, or by hand).
             for r in set
                 .iter()
                 .filter(|r| tenfold_flags::known(&r.name).is_none())
             {
-                println!(
-                    "{:<16} {:<5} {:>7}  {:<8} {}",
-                    r.name,
+                row(
+                    &r.name,
                     r.enabled,
-                    r.percent.map_or("-".into(), |p| p.to_string()),
+                    r.percent,
                     "set",
-                    r.note.as_deref().unwrap_or("")
+                    r.note.as_deref().unwrap_or(""),
                 );
             }
             println!("(change number {version})");
