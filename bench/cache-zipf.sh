@@ -119,31 +119,17 @@ if [[ "$UP" == 1 ]]; then
         bench_die "no Redis answers at $REDIS_URL (set REDIS_URL, or UP=0)"
     # The instances inherit this: the run's keys do not mix with anyone else's in a shared Redis.
     export TENFOLD_CACHE__REDIS_PREFIX="tenfold-bench:$stamp:"
-    mkdir -p "$work/up"
-    (
-        cd "$work/up"
-        exec "$bin" up --instances 3 --min 3 --max 3 --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-            --database-url "$db_url" --redis-url "$REDIS_URL" >"$out/up.stdout" 2>"$out/up.stderr"
-    ) &
-    UP_PID=$!
-    bench_track_pid "$UP_PID"
-    for ((i = 0; i < 300; i++)); do
-        [[ -s "$work/up/data/up.json" ]] && grep -q "admin API" "$out/up.stdout" 2>/dev/null && break
-        kill -0 "$UP_PID" 2>/dev/null || { cat "$out/up.stderr" >&2; bench_die "tenfold up exited"; }
-        sleep 0.1
-    done
-    read -r lb_url admin token < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["url"], s["admin"], s["admin_token"])' "$work/up/data/up.json")
-    sleep 2
-    mapfile -t instances < <(curl -sS --max-time 5 -H "authorization: Bearer $token" "$admin/instances" |
-        python3 -c 'import json,sys; [print("http://" + i["addr"]) for i in json.load(sys.stdin)["instances"]]')
+    bench_start_up "$bin" "$work/up" "$out/up" -- --instances 3 --min 3 --max 3 \
+        --database-url "$db_url" --redis-url "$REDIS_URL"
+    lb_url="$UP_URL"
+    instances=("${UP_INSTANCES[@]}")
     ((${#instances[@]} == 3)) || bench_die "expected 3 instances, got ${#instances[@]}"
     bench_log "tenfold up at $lb_url, instances ${instances[*]}"
     # The balancer spreads the warm pass over the three instances: three times as long, so that every
     # instance's L1 sees every id (from the database once, then from Redis).
     measure "up-on" "$lb_url" 1 24s "${instances[@]}"
-    mapfile -t after < <(curl -sS --max-time 5 -H "authorization: Bearer $token" "$admin/instances" |
-        python3 -c 'import json,sys; [print("http://" + i["addr"]) for i in json.load(sys.stdin)["instances"]]')
-    [[ "${after[*]}" == "${instances[*]}" ]] || bench_log "warning: the instance set changed during the run"
+    bench_up_instances
+    [[ "${UP_INSTANCES[*]}" == "${instances[*]}" ]] || bench_log "warning: the instance set changed during the run"
     l2_hits="$(metric_sum 'cache_requests_total{tier="l2",result="hit"}' "${instances[@]}")"
     echo "$l2_hits" >"$out/up-on.l2-hits"
     bench_stop_pid "$UP_PID"

@@ -120,6 +120,43 @@ bench_start_app() {
     esac
 }
 
+# bench_start_up BIN WORKDIR OUTPREFIX [NAME=VALUE ...] -- [UP ARGS ...]
+# Starts `tenfold up --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 UP ARGS` in WORKDIR (its data under
+# WORKDIR/data) with the environment additions, logs to OUTPREFIX.stdout/.stderr, waits (up to 60 s) for it to
+# be ready, then lists its instances. Sets UP_PID, UP_URL, UP_ADMIN, UP_TOKEN and UP_INSTANCES.
+bench_start_up() {
+    local bin="$1" dir="$2" prefix="$3" i
+    shift 3
+    local env=()
+    while (($#)) && [[ "$1" != "--" ]]; do
+        env+=("$1")
+        shift
+    done
+    [[ "${1:-}" == "--" ]] && shift
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        exec env "${env[@]}" "$bin" up --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 "$@" \
+            >"$prefix.stdout" 2>"$prefix.stderr"
+    ) &
+    UP_PID=$!
+    bench_track_pid "$UP_PID"
+    for ((i = 0; i < 600; i++)); do
+        [[ -s "$dir/data/up.json" ]] && grep -q "admin API" "$prefix.stdout" 2>/dev/null && break
+        kill -0 "$UP_PID" 2>/dev/null || { cat "$prefix.stderr" >&2; bench_die "tenfold up exited"; }
+        sleep 0.1
+    done
+    read -r UP_URL UP_ADMIN UP_TOKEN < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["url"], s["admin"], s["admin_token"])' "$dir/data/up.json")
+    sleep 2
+    bench_up_instances
+}
+
+# Sets UP_INSTANCES to the instances (http://ADDR) a running `tenfold up` lists (UP_ADMIN, UP_TOKEN).
+bench_up_instances() {
+    mapfile -t UP_INSTANCES < <(curl -sS --max-time 5 -H "authorization: Bearer $UP_TOKEN" "$UP_ADMIN/instances" |
+        python3 -c 'import json,sys; [print("http://" + i["addr"]) for i in json.load(sys.stdin)["instances"]]')
+}
+
 # Prints a /proc/PID/status field (VmRSS, VmHWM, RssAnon, RssFile...) in KiB.
 bench_status_kib() {
     local pid="$1" field="$2"

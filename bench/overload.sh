@@ -51,26 +51,13 @@ CRIT='{base}/api/products/{id}'
 OTHER='{base}/api/products?q=w{rand}&limit=5'
 
 start_up() { # start_up LABEL [ENV...]: sets UP_PID, LB, INSTANCES
-    local label="$1" i
+    local label="$1"
     shift
-    rm -rf "$work/up-$label" && mkdir -p "$work/up-$label"
-    (
-        cd "$work/up-$label"
-        exec env "$@" "$bin" up --instances 3 --min 3 --max 3 --workers 0 --listen 127.0.0.1:0 \
-            --admin-listen 127.0.0.1:0 --database-url "$db_url" >"$out/up-$label.stdout" 2>"$out/up-$label.stderr"
-    ) &
-    UP_PID=$!
-    bench_track_pid "$UP_PID"
-    for ((i = 0; i < 600; i++)); do
-        [[ -s "$work/up-$label/data/up.json" ]] && grep -q "admin API" "$out/up-$label.stdout" 2>/dev/null && break
-        kill -0 "$UP_PID" 2>/dev/null || { cat "$out/up-$label.stderr" >&2; bench_die "tenfold up exited"; }
-        sleep 0.1
-    done
-    local admin token
-    read -r LB admin token < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["url"], s["admin"], s["admin_token"])' "$work/up-$label/data/up.json")
-    sleep 2
-    mapfile -t INSTANCES < <(curl -sS --max-time 5 -H "authorization: Bearer $token" "$admin/instances" |
-        python3 -c 'import json,sys; [print("http://" + i["addr"]) for i in json.load(sys.stdin)["instances"]]')
+    rm -rf "$work/up-$label"
+    bench_start_up "$bin" "$work/up-$label" "$out/up-$label" "$@" -- \
+        --instances 3 --min 3 --max 3 --workers 0 --database-url "$db_url"
+    LB="$UP_URL"
+    INSTANCES=("${UP_INSTANCES[@]}")
     ((${#INSTANCES[@]} == 3)) || bench_die "expected 3 instances, got ${#INSTANCES[@]}"
     bench_log "$label: tenfold up at $LB, instances ${INSTANCES[*]}"
 }
