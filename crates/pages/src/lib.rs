@@ -232,6 +232,12 @@ fn picture(img: &Image, c: &Chrome, eager: bool) -> Markup {
     let sizes = "(max-width: 40rem) 100vw, 36rem";
     html! {
         picture {
+            // Browsers that report prefers-reduced-data pick the smallest rendition on their own.
+            @if !c.save_data {
+                @if let Some((small, _)) = webp.first().or(jpeg.first()) {
+                    source media="(prefers-reduced-data: reduce)" srcset=(small);
+                }
+            }
             @if !webp.is_empty() {
                 source type="image/webp" srcset=(srcset(webp)) sizes=(sizes);
             }
@@ -390,6 +396,10 @@ mod tests {
         };
         let full = product(&chrome(), &lamp(1), std::slice::from_ref(&img)).into_string();
         assert!(full.contains("/l.webp 1200w"));
+        assert!(
+            full.contains("<source media=\"(prefers-reduced-data: reduce)\" srcset=\"/s.webp\">"),
+            "{full}"
+        );
         assert!(full.contains("width=\"1200\" height=\"900\""));
         let mut c = chrome();
         c.save_data = true;
