@@ -4,7 +4,7 @@
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use maud::Markup;
 use serde::Deserialize;
@@ -193,17 +193,16 @@ pub(crate) async fn sign_in(
             set,
         );
     }
-    let mut resp = see_other("/admin");
-    if let Some(c) = session::set_cookie(
-        &headers,
-        SESSION_COOKIE,
-        &k.issue(),
+    crate::routes::html::see_other(
         "/admin",
-        SESSION_TTL_S,
-    ) {
-        resp.headers_mut().append(header::SET_COOKIE, c);
-    }
-    resp
+        &[session::set_cookie(
+            &headers,
+            SESSION_COOKIE,
+            &k.issue(),
+            "/admin",
+            SESSION_TTL_S,
+        )],
+    )
 }
 
 /// A form with only its CSRF field.
@@ -227,11 +226,16 @@ pub(crate) async fn sign_out(
     if let Err(r) = posted(&app, &headers, form).await {
         return r;
     }
-    let mut resp = see_other("/");
-    if let Some(c) = session::set_cookie(&headers, SESSION_COOKIE, "", "/admin", 0) {
-        resp.headers_mut().append(header::SET_COOKIE, c);
-    }
-    resp
+    crate::routes::html::see_other(
+        "/",
+        &[session::set_cookie(
+            &headers,
+            SESSION_COOKIE,
+            "",
+            "/admin",
+            0,
+        )],
+    )
 }
 
 /// `?cursor=` of the product list.
