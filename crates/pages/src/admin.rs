@@ -237,8 +237,25 @@ pub struct QueueRow {
     pub dead: i64,
 }
 
-/// `/admin/jobs`: the queues' states.
-pub fn jobs(c: &Chrome, csrf: &str, rows: &[QueueRow]) -> Markup {
+/// A job on the jobs page.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    /// Its id.
+    pub id: i64,
+    /// Queue and kind (`media/image`).
+    pub what: String,
+    /// `queued`, `running`, `done`...
+    pub state: String,
+    /// 0-100.
+    pub progress: u8,
+    /// Attempts so far, of the most.
+    pub attempts: String,
+    /// The last error, if any (shortened).
+    pub last_error: String,
+}
+
+/// `/admin/jobs`: the queues' states and the latest jobs.
+pub fn jobs(c: &Chrome, csrf: &str, rows: &[QueueRow], latest: &[JobRow]) -> Markup {
     layout(
         c,
         "Jobs",
@@ -256,6 +273,23 @@ pub fn jobs(c: &Chrome, csrf: &str, rows: &[QueueRow]) -> Markup {
                     tbody {
                         @for r in rows {
                             tr { td { (r.queue) } td { (r.ready) } td { (r.scheduled) } td { (r.running) } td { (r.done) } td { (r.failed) } td { (r.dead) } }
+                        }
+                    }
+                }
+            }
+            @if !latest.is_empty() {
+                h2 { "Latest jobs" }
+                table.admin {
+                    thead { tr {
+                        th scope="col" { "Id" } th scope="col" { "Job" } th scope="col" { "State" }
+                        th scope="col" { "Progress" } th scope="col" { "Attempts" } th scope="col" { "Last error" }
+                    } }
+                    tbody {
+                        @for j in latest {
+                            tr data-job=(j.id) {
+                                td { (j.id) } td { (j.what) } td { (j.state) } td { (j.progress) "%" }
+                                td { (j.attempts) } td { (j.last_error) }
+                            }
                         }
                     }
                 }

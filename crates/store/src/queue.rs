@@ -52,7 +52,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    fn as_str(self) -> &'static str {
+    /// Its name, as stored and as the API shows it.
+    pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
             JobState::Running => "running",
@@ -625,6 +626,18 @@ impl JobQueue {
             sqlx::query_as(&ph(&sql)).bind(id).fetch_optional(p).await?
         });
         r.map(|r| job_of(r).map(|j| j.0)).transpose()
+    }
+
+    /// The most recently created jobs, newest first (at most `limit`; a primary-key range).
+    pub async fn recent(&self, limit: u32) -> Result<Vec<Job>, StoreError> {
+        let sql = format!("SELECT {COLS} FROM jobs ORDER BY id DESC LIMIT ?");
+        let rows: Vec<JobRow> = on_queue!(&self.pool, |p, ph| {
+            sqlx::query_as(&ph(&sql))
+                .bind(i64::from(limit))
+                .fetch_all(p)
+                .await?
+        });
+        rows.into_iter().map(|r| job_of(r).map(|j| j.0)).collect()
     }
 
     /// Puts the jobs whose lease expired (their worker stopped heartbeating) back in the queue, or

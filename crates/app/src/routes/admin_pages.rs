@@ -24,6 +24,8 @@ use crate::App;
 
 /// Products per admin page.
 const PAGE: u32 = 50;
+/// Jobs on the jobs page.
+const LATEST_JOBS: u32 = 50;
 
 /// A page with `no-store`, and the CSRF cookie when it was new.
 fn page(status: StatusCode, html: Markup, set_csrf: Option<HeaderValue>) -> Response {
@@ -733,6 +735,26 @@ pub(crate) async fn jobs(State(app): State<App>, headers: HeaderMap) -> Response
         Ok(x) => x,
         Err(r) => return r,
     };
+    let latest = match app.inner.jobs.get() {
+        Some(q) => match q.recent(LATEST_JOBS).await {
+            Ok(jobs) => jobs
+                .into_iter()
+                .map(|j| admin::JobRow {
+                    id: j.id,
+                    what: format!("{}/{}", j.queue, j.kind),
+                    state: j.state.as_str().to_owned(),
+                    progress: j.progress,
+                    attempts: format!("{} of {}", j.attempts, j.max_attempts),
+                    last_error: j
+                        .last_error
+                        .map(|e| e.chars().take(160).collect())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+            Err(e) => return error(&app, e.into()).await,
+        },
+        None => Vec::new(),
+    };
     let rows = match app.inner.jobs.get() {
         Some(q) => match q.stats().await {
             Ok(s) => s
@@ -753,7 +775,7 @@ pub(crate) async fn jobs(State(app): State<App>, headers: HeaderMap) -> Response
     };
     page(
         StatusCode::OK,
-        admin::jobs(&chrome(&app).await, &csrf, &rows),
+        admin::jobs(&chrome(&app).await, &csrf, &rows, &latest),
         set,
     )
 }

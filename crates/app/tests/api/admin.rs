@@ -274,6 +274,15 @@ async fn an_admin_signs_in_creates_and_edits_a_product_through_plain_forms() {
     let (status, html, _) = get(&base, "/admin/jobs", &mut jar).await;
     assert_eq!(status, StatusCode::OK);
     assert!(html.contains("<h1>Jobs</h1>"));
+    let job: i64 = to.rsplit('=').next().unwrap().parse().unwrap();
+    let row_at = html
+        .find(&format!("<tr data-job=\"{job}\">"))
+        .unwrap_or_else(|| panic!("the upload's job is listed: {html}"));
+    let row = &html[row_at..html[row_at..].find("</tr>").unwrap() + row_at];
+    assert!(
+        row.contains("media/image") && row.contains("queued"),
+        "{row}"
+    );
     let token = csrf(&html);
     let (status, _, _) = post(&base, "/admin/sign-out", &mut jar, &[("csrf", &token)]).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
