@@ -217,14 +217,12 @@ async fn a_replica_killed_under_read_load_fails_no_read() {
     };
     cluster.kill("replica2");
     tokio::time::sleep(Duration::from_millis(1_000)).await;
-    // Open: after the first failed read the replica is out of rotation (the monitor keeps it out
-    // while its probes fail), so a dead replica costs a handful of reads their retry, not every read.
+    // Open: the replica is out of rotation after its first failed read, or before any when the
+    // monitor's probe noticed first (and the monitor keeps it out while its probes fail), so a dead
+    // replica costs at most a handful of reads their retry, not every read.
     let m = crate::helpers::metrics_text(&app).await;
     let errors = count(&m, "db_replica_errors_total");
-    assert!(
-        (1.0..=8.0).contains(&errors),
-        "{errors} reads went to the dead replica"
-    );
+    assert!(errors <= 8.0, "{errors} reads went to the dead replica");
     let served_before = count(&m, "db_reads_total");
     cluster.restart_stopped();
     // Closed again: a probe finds it answering, and it serves reads again.
