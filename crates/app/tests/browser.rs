@@ -122,13 +122,33 @@ async fn click(c: &Client, css: &str) {
         .unwrap();
 }
 
+/// The page's heading, if it can be read now (None while a navigation replaces the page).
+async fn h1_now(c: &Client) -> Option<String> {
+    c.find(Locator::Css("h1")).await.ok()?.text().await.ok()
+}
+
+/// The page's heading (waiting, bounded, while a navigation replaces the page).
 async fn h1(c: &Client) -> String {
-    c.find(Locator::Css("h1"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(t) = h1_now(c).await {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "no heading to read");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (bounded) until the page at `want` (a path prefix) has loaded with heading `heading`.
+async fn arrived(c: &Client, want: &str, heading: Option<&str>) {
+    until(&format!("{want} to load"), || async {
+        path(c).await.starts_with(want)
+            && match heading {
+                Some(h) => h1_now(c).await.as_deref() == Some(h),
+                None => h1_now(c).await.is_some(),
+            }
+    })
+    .await;
 }
 
 async fn ids_on_page(c: &Client) -> Vec<String> {
@@ -219,6 +239,7 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
     let cat = c.find(Locator::Css("ul.categories a")).await.unwrap();
     let cat_href = cat.attr("href").await.unwrap().unwrap();
     cat.click().await.unwrap();
+    arrived(&c, &cat_href, None).await;
     assert_eq!(path(&c).await, cat_href);
     accessible(&c, "category").await;
     screenshot(&c, "nojs-category").await;
@@ -231,12 +252,15 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
         .await
         .unwrap();
     click(&c, "form.filters button").await;
-    assert_eq!(h1(&c).await, "All products");
+    arrived(&c, "/products", Some("All products")).await;
 
     // Pagination by the plain link.
     let first = ids_on_page(&c).await;
     click(&c, "a[rel=next]").await;
-    assert!(path(&c).await.contains("cursor="));
+    until("the next page", || async {
+        path(&c).await.contains("cursor=") && h1_now(&c).await.is_some()
+    })
+    .await;
     let second = ids_on_page(&c).await;
     assert!(!second.is_empty());
     assert!(second.iter().all(|id| !first.contains(id)));
@@ -245,8 +269,7 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
     let link = c.find(Locator::Css("li.card a.name")).await.unwrap();
     let name = link.text().await.unwrap();
     link.click().await.unwrap();
-    assert!(path(&c).await.starts_with("/products/"));
-    assert_eq!(h1(&c).await, name);
+    arrived(&c, "/products/", Some(&name)).await;
     accessible(&c, "product").await;
     screenshot(&c, "nojs-product").await;
 
@@ -255,7 +278,7 @@ async fn without_javascript_every_step_works_through_links_and_forms() {
     let q = c.find(Locator::Css("input[name=q]")).await.unwrap();
     q.send_keys(&word).await.unwrap();
     click(&c, "form.search button").await;
-    assert!(path(&c).await.starts_with("/search?q="));
+    arrived(&c, "/search?q=", None).await;
     let found = c.find_all(Locator::Css("li.card a.name")).await.unwrap();
     let mut names = Vec::new();
     for f in found {
@@ -370,11 +393,7 @@ async fn with_javascript_search_suggests_and_scrolling_appends_pages_without_dup
         .send_keys(&Key::Enter.to_string())
         .await
         .unwrap();
-    until("the product page", || async {
-        path(&c).await.starts_with("/products/")
-    })
-    .await;
-    assert_eq!(h1(&c).await, suggested);
+    arrived(&c, "/products/", Some(&suggested)).await;
 
     // In-place add to cart: the page stays, the form says so.
     let product_url = path(&c).await;
