@@ -98,6 +98,11 @@ impl SessionKey {
                 .verify_slice(&sig)
                 .is_ok()
     }
+
+    /// True when a posted form's CSRF `field` matches the CSRF cookie the request came with.
+    pub(crate) fn form_ok(&self, headers: &HeaderMap, field: &str) -> bool {
+        self.csrf_ok(cookie(headers, CSRF_COOKIE).unwrap_or(""), field)
+    }
 }
 
 /// A cookie's value from the request.

@@ -19,7 +19,7 @@ use tenfold_store::{Cursor, ListQuery};
 
 use crate::error::ApiError;
 use crate::routes::products::{create, update};
-use crate::session::{self, SessionKey, CSRF_COOKIE, SESSION_COOKIE, SESSION_TTL_S};
+use crate::session::{self, SessionKey, SESSION_COOKIE, SESSION_TTL_S};
 use crate::App;
 
 /// Products per admin page.
@@ -37,15 +37,7 @@ fn see_other(to: &str) -> Response {
 }
 
 async fn chrome(app: &App) -> Chrome {
-    let categories = match crate::routes::products::categories_value(app).await {
-        Ok(v) => crate::cached::present(v)
-            .and_then(|(_, body)| {
-                serde_json::from_slice::<crate::routes::products::CategoryList>(&body).ok()
-            })
-            .map(|l| l.items)
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    };
+    let categories = crate::routes::pages::nav(app).await;
     Chrome {
         // The script shows upload progress here.
         enhance: true,
@@ -94,9 +86,7 @@ async fn signed_in(
 
 /// Checks a POST's CSRF field against its cookie.
 async fn check_csrf(app: &App, headers: &HeaderMap, field: &str) -> Result<(), Response> {
-    let k = key(app).await?;
-    let cookie = session::cookie(headers, CSRF_COOKIE).unwrap_or("");
-    if k.csrf_ok(cookie, field) {
+    if key(app).await?.form_ok(headers, field) {
         Ok(())
     } else {
         Err(message(

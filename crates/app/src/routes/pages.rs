@@ -182,7 +182,7 @@ pub(crate) fn want(app: &App, headers: &HeaderMap) -> Want {
             .get("save-data")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.trim().eq_ignore_ascii_case("on")),
-        ordering: app.inner.token_key.is_some() && app.inner.orders.get().is_some(),
+        ordering: crate::routes::shop_pages::ordering(app).is_some(),
     }
 }
 
@@ -220,6 +220,16 @@ pub(crate) async fn categories(app: &App) -> Result<Bytes, ApiError> {
     Ok(body_of(categories_value(app).await?)
         .map(|(_, b)| b)
         .unwrap_or_default())
+}
+
+/// The categories for a page's navigation, decoded (none when they cannot be read: the page goes out
+/// anyway).
+pub(crate) async fn nav(app: &App) -> Vec<tenfold_catalog::Category> {
+    categories(app)
+        .await
+        .ok()
+        .and_then(|b| category_list(&b).ok())
+        .unwrap_or_default()
 }
 
 pub(crate) fn category_list(body: &[u8]) -> Result<Vec<tenfold_catalog::Category>, ApiError> {

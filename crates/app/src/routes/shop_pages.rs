@@ -1,5 +1,5 @@
 //! The storefront's cart and checkout, stateless like the rest: the cart is a cookie (`tf_cart`,
-//! `id:qty,...`, checked on every read), the customer a signed customer token in a cookie
+//! `id-qty.id-qty...`, checked on every read), the customer a signed customer token in a cookie
 //! (`tf_customer`, made at the first checkout), orders go through the API's `orders::place`.
 //!
 //! Adding to the cart is a plain form on product pages; those pages are shared by every client (cached,
@@ -19,8 +19,8 @@ use tenfold_store::StockItem;
 
 use crate::error::ApiError;
 use crate::routes::html::{page, see_other};
-use crate::routes::pages::{categories, category_list, error_page, want, Want};
-use crate::session::{self, CSRF_COOKIE};
+use crate::routes::pages::{error_page, nav, want, Want};
+use crate::session;
 use crate::App;
 
 const CART_COOKIE: &str = "tf_cart";
@@ -29,7 +29,7 @@ const CUSTOMER_COOKIE: &str = "tf_customer";
 const MAX_LINES: usize = 50;
 /// Units of one product in a cart, at most.
 const MAX_QUANTITY: u32 = 1000;
-/// How long the customer cookie lasts: 30 days.
+/// How long the customer and cart cookies last: 30 days.
 const CUSTOMER_TTL_S: u64 = 30 * 24 * 3600;
 
 /// The cart in a request's cookie: valid lines only, in the order they were added.
@@ -61,17 +61,8 @@ fn cart_cookie(headers: &HeaderMap, lines: &[(i64, u32)]) -> Option<HeaderValue>
         .map(|(id, q)| format!("{id}-{q}"))
         .collect::<Vec<_>>()
         .join(".");
-    let max_age = if lines.is_empty() { 0 } else { 30 * 24 * 3600 };
+    let max_age = if lines.is_empty() { 0 } else { CUSTOMER_TTL_S };
     session::set_cookie(headers, CART_COOKIE, &value, "/", max_age)
-}
-
-/// The categories for the navigation (none when they cannot be read: the page goes out anyway).
-async fn nav(app: &App) -> Vec<tenfold_catalog::Category> {
-    categories(app)
-        .await
-        .ok()
-        .and_then(|b| category_list(&b).ok())
-        .unwrap_or_default()
 }
 
 async fn ordering_off(app: &App, w: &Want) -> Response {
@@ -106,7 +97,7 @@ async fn message(app: &App, w: &Want, status: StatusCode, title: &str, text: &st
 }
 
 /// Ordering needs the customer-token key (an API key) and the order shards.
-fn ordering(app: &App) -> Option<&crate::customer::TokenKey> {
+pub(crate) fn ordering(app: &App) -> Option<&crate::customer::TokenKey> {
     app.inner
         .token_key
         .as_ref()
@@ -248,10 +239,7 @@ pub(crate) async fn cart(
     q: Result<Query<CartNotice>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let w = want(&app, &headers);
-    let Some(_) = ordering(&app) else {
-        return ordering_off(&app, &w).await;
-    };
-    let Some(key) = &app.inner.session_key else {
+    let (Some(_), Some(key)) = (ordering(&app), &app.inner.session_key) else {
         return ordering_off(&app, &w).await;
     };
     let cart = read_cart(&headers);
@@ -287,12 +275,11 @@ pub(crate) struct Update {
     quantity: u32,
 }
 
-async fn csrf_ok(app: &App, headers: &HeaderMap, field: &str) -> bool {
-    let cookie = session::cookie(headers, CSRF_COOKIE).unwrap_or("");
+fn csrf_ok(app: &App, headers: &HeaderMap, field: &str) -> bool {
     app.inner
         .session_key
         .as_ref()
-        .is_some_and(|k| k.csrf_ok(cookie, field))
+        .is_some_and(|k| k.form_ok(headers, field))
 }
 
 /// `POST /cart/update`.
@@ -312,7 +299,7 @@ pub(crate) async fn update(
         )
         .await;
     };
-    if !csrf_ok(&app, &headers, &f.csrf).await {
+    if !csrf_ok(&app, &headers, &f.csrf) {
         return form_expired(&app, &w).await;
     }
     let mut lines = read_cart(&headers);
@@ -352,7 +339,7 @@ pub(crate) async fn checkout(
         )
         .await;
     };
-    if !csrf_ok(&app, &headers, &f.csrf).await {
+    if !csrf_ok(&app, &headers, &f.csrf) {
         return form_expired(&app, &w).await;
     }
     let cart = read_cart(&headers);
