@@ -443,143 +443,136 @@ pub(crate) async fn search(
 
 async fn list(app: App, headers: HeaderMap, p: Option<ListParams>, is_search: bool) -> Response {
     let w = want(&app, &headers);
-    let result =
-        async {
-            let Some(p) = p else {
-                return Err(ApiError::BadRequest("the query string is malformed".into()));
-            };
-            let mut errs = tenfold_catalog::ValidationErrors::default();
-            let category = p
-                .category
-                .as_deref()
-                .filter(|c| !c.is_empty())
-                .and_then(|c| errs.check("category", CategorySlug::parse(c)));
-            let q =
-                p.q.as_deref()
-                    .map(str::trim)
-                    .filter(|q| !q.is_empty() && is_search);
-            if let Some(q) = q {
-                if q.chars().count() > 100 || q.chars().any(char::is_control) {
-                    errs.check::<()>(
-                    "q",
-                    Err("search text must be at most 100 characters, without control characters"
-                        .into()),
-                );
-                }
-            }
-            let sort = match p.sort.as_deref().filter(|s| !s.is_empty()) {
-                None => Sort::Id,
-                Some(s) => errs.check("sort", Sort::parse(s)).unwrap_or_default(),
-            };
-            // A cursor from another order starts this one from its first page.
-            let mut cursor = p
-                .cursor
-                .as_deref()
-                .filter(|c| !c.is_empty())
-                .and_then(|c| errs.check("cursor", Cursor::decode(c)).map(|k| (c, k)))
-                .filter(|(_, k)| k.fits(sort));
-            if !errs.0.is_empty() {
-                return Err(ApiError::Validation(errs));
-            }
-            let client = crate::routes::flags::client_key(&headers);
-            let mut notice = None;
-            let deep_pages = app.flags().is_on(&tenfold_flags::DEEP_PAGES, client);
-            if cursor.is_some() && !deep_pages {
+    let result = async {
+        let Some(p) = p else {
+            return Err(ApiError::BadRequest("the query string is malformed".into()));
+        };
+        let mut errs = tenfold_catalog::ValidationErrors::default();
+        let category = p
+            .category
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .and_then(|c| errs.check("category", CategorySlug::parse(c)));
+        let q =
+            p.q.as_deref()
+                .map(str::trim)
+                .filter(|q| !q.is_empty() && is_search);
+        if let Some(q) = q {
+            errs.check("q", crate::routes::products::search_text(q));
+        }
+        let sort = match p.sort.as_deref().filter(|s| !s.is_empty()) {
+            None => Sort::Id,
+            Some(s) => errs.check("sort", Sort::parse(s)).unwrap_or_default(),
+        };
+        // A cursor from another order starts this one from its first page.
+        let mut cursor = p
+            .cursor
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .and_then(|c| errs.check("cursor", Cursor::decode(c)).map(|k| (c, k)))
+            .filter(|(_, k)| k.fits(sort));
+        if !errs.0.is_empty() {
+            return Err(ApiError::Validation(errs));
+        }
+        let client = crate::routes::flags::client_key(&headers);
+        let mut notice = None;
+        let deep_pages = app.flags().is_on(&tenfold_flags::DEEP_PAGES, client);
+        if cursor.is_some() && !deep_pages {
+            notice = Some(off_notice(
+                &app,
+                &tenfold_flags::DEEP_PAGES,
+                "Showing the first page.",
+            ));
+            cursor = None;
+        }
+        let searching = match q {
+            Some(_) if !w.search => {
                 notice = Some(off_notice(
                     &app,
-                    &tenfold_flags::DEEP_PAGES,
-                    "Showing the first page.",
+                    &tenfold_flags::SEARCH,
+                    "Browse by category meanwhile.",
                 ));
-                cursor = None;
+                false
             }
-            let searching = match q {
-                Some(_) if !w.search => {
-                    notice = Some(off_notice(
-                        &app,
-                        &tenfold_flags::SEARCH,
-                        "Browse by category meanwhile.",
-                    ));
-                    false
-                }
-                Some(_) => true,
-                None => false,
+            Some(_) => true,
+            None => false,
+        };
+        let cats = categories(&app).await?;
+        let page = if is_search && !searching {
+            Bytes::new()
+        } else {
+            let query = ListQuery {
+                category: category.clone(),
+                search: q.filter(|_| searching).map(str::to_owned),
+                after: cursor.map(|(_, k)| k),
+                limit: PAGE,
+                sort,
             };
-            let cats = categories(&app).await?;
-            let page = if is_search && !searching {
-                Bytes::new()
+            body_of(page_value(&app, query, cursor.map(|(c, _)| c), None).await?)
+                .map(|(_, b)| b)
+                .unwrap_or_default()
+        };
+        let mut f = Fingerprint::new(if is_search { "search" } else { "products" });
+        w.add_to(&mut f);
+        f.add(&cats)
+            .add(&page)
+            .add(category.as_ref().map_or("", |c| c.as_str()).as_bytes())
+            .add(q.unwrap_or("").as_bytes())
+            .add(notice.as_deref().unwrap_or("").as_bytes())
+            .add(&[u8::from(deep_pages)])
+            .add(sort.as_str().as_bytes());
+        answer(&app, &headers, f.0, || {
+            let categories = category_list(&cats)?;
+            let (items, next_cursor) = if page.is_empty() {
+                (Vec::new(), None)
             } else {
-                let query = ListQuery {
-                    category: category.clone(),
-                    search: q.filter(|_| searching).map(str::to_owned),
-                    after: cursor.map(|(_, k)| k),
-                    limit: PAGE,
-                    sort,
-                };
-                body_of(page_value(&app, query, cursor.map(|(c, _)| c), None).await?)
-                    .map(|(_, b)| b)
-                    .unwrap_or_default()
+                let page: ProductPage = decode(&page)?;
+                (page.items, page.next_cursor)
             };
-            let mut f = Fingerprint::new(if is_search { "search" } else { "products" });
-            w.add_to(&mut f);
-            f.add(&cats)
-                .add(&page)
-                .add(category.as_ref().map_or("", |c| c.as_str()).as_bytes())
-                .add(q.unwrap_or("").as_bytes())
-                .add(notice.as_deref().unwrap_or("").as_bytes())
-                .add(&[u8::from(deep_pages)])
-                .add(sort.as_str().as_bytes());
-            answer(&app, &headers, f.0, || {
-                let categories = category_list(&cats)?;
-                let (items, next_cursor) = if page.is_empty() {
-                    (Vec::new(), None)
-                } else {
-                    let page: ProductPage = decode(&page)?;
-                    (page.items, page.next_cursor)
-                };
-                let action = if is_search { "/search" } else { "/products" };
-                // With deep pages off, no link leads to one.
-                let next = next_cursor.filter(|_| deep_pages).map(|c| {
-                    let mut s = form_urlencoded::Serializer::new(String::new());
-                    if let Some(q) = q {
-                        s.append_pair("q", q);
-                    }
-                    if let Some(cat) = &category {
-                        s.append_pair("category", cat.as_str());
-                    }
-                    if sort != Sort::Id {
-                        s.append_pair("sort", sort.as_str());
-                    }
-                    s.append_pair("cursor", &c);
-                    format!("{action}?{}", s.finish())
-                });
-                let heading = match (is_search, q, &category) {
-                    (true, Some(q), _) => format!("Results for “{q}”"),
-                    (true, None, _) => "Search".to_owned(),
-                    (false, _, Some(c)) => categories
-                        .iter()
-                        .find(|x| x.slug == c.as_str())
-                        .map_or_else(|| c.as_str().to_owned(), |x| x.name.clone()),
-                    (false, _, None) => "All products".to_owned(),
-                };
-                let hint = (is_search && q.is_none() && notice.is_none())
-                    .then_some("Type what you are looking for above.");
-                let view = ListView {
-                    heading: &heading,
-                    category: category.as_ref().map(|c| c.as_str()),
-                    q,
-                    action,
-                    items: &items,
-                    sort: sort.as_str(),
-                    next,
-                    notice: notice.as_deref().or(hint),
-                };
-                Ok((
-                    StatusCode::OK,
-                    tenfold_pages::products(&w.chrome(categories), &view).into_string(),
-                ))
-            })
-        }
-        .await;
+            let action = if is_search { "/search" } else { "/products" };
+            // With deep pages off, no link leads to one.
+            let next = next_cursor.filter(|_| deep_pages).map(|c| {
+                let mut s = form_urlencoded::Serializer::new(String::new());
+                if let Some(q) = q {
+                    s.append_pair("q", q);
+                }
+                if let Some(cat) = &category {
+                    s.append_pair("category", cat.as_str());
+                }
+                if sort != Sort::Id {
+                    s.append_pair("sort", sort.as_str());
+                }
+                s.append_pair("cursor", &c);
+                format!("{action}?{}", s.finish())
+            });
+            let heading = match (is_search, q, &category) {
+                (true, Some(q), _) => format!("Results for “{q}”"),
+                (true, None, _) => "Search".to_owned(),
+                (false, _, Some(c)) => categories
+                    .iter()
+                    .find(|x| x.slug == c.as_str())
+                    .map_or_else(|| c.as_str().to_owned(), |x| x.name.clone()),
+                (false, _, None) => "All products".to_owned(),
+            };
+            let hint = (is_search && q.is_none() && notice.is_none())
+                .then_some("Type what you are looking for above.");
+            let view = ListView {
+                heading: &heading,
+                category: category.as_ref().map(|c| c.as_str()),
+                q,
+                action,
+                items: &items,
+                sort: sort.as_str(),
+                next,
+                notice: notice.as_deref().or(hint),
+            };
+            Ok((
+                StatusCode::OK,
+                tenfold_pages::products(&w.chrome(categories), &view).into_string(),
+            ))
+        })
+    }
+    .await;
     result.unwrap_or_else(|e| error_page(&w, e))
 }
 

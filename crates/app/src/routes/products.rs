@@ -281,13 +281,7 @@ pub(crate) async fn list_products(
         .and_then(|c| errs.check("category", CategorySlug::parse(c)));
     let search = match p.q.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(q) if q.chars().count() > 100 => {
-            errs.check("q", Err("q must be at most 100 characters".into()))
-        }
-        Some(q) if q.chars().any(char::is_control) => {
-            errs.check("q", Err("q must not contain control characters".into()))
-        }
-        Some(q) => Some(q.to_owned()),
+        Some(q) => errs.check("q", search_text(q).map(str::to_owned)),
     };
     let sort = match p.sort.as_deref() {
         None => Some(Sort::Id),
@@ -329,6 +323,18 @@ pub(crate) async fn list_products(
         value,
         &app.inner.caching.public,
     ))
+}
+
+/// Search text as a list query takes it (already trimmed): at most 100 characters, no control
+/// characters; the API and the storefront's search page check it the same way.
+pub(crate) fn search_text(q: &str) -> Result<&str, String> {
+    if q.chars().count() > 100 {
+        Err("q must be at most 100 characters".into())
+    } else if q.chars().any(char::is_control) {
+        Err("q must not contain control characters".into())
+    } else {
+        Ok(q)
+    }
 }
 
 /// A list page as the cache holds it (the JSON of a [`ProductPage`]), loaded on a miss; `cursor` is
