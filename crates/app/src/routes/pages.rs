@@ -269,22 +269,13 @@ fn answer(
             page
         }
     };
-    let (body, encoding) = if accepts(headers, "br") {
-        (page.br.clone(), Some("br"))
-    } else if accepts(headers, "gzip") {
-        (page.gz.clone(), Some("gzip"))
-    } else {
-        (page.raw.clone(), None)
-    };
-    let mut resp = (page.status, body).into_response();
+    let mut resp = precompressed(headers, [&page.br, &page.gz, &page.raw]);
+    *resp.status_mut() = page.status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
-    if let Some(e) = encoding {
-        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
-    }
     h.insert(header::VARY, vary);
     if page.status.is_success() {
         h.insert(header::ETAG, page.etag.clone());
@@ -293,6 +284,24 @@ fn answer(
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     Ok(resp)
+}
+
+/// A 200 with the body the client can take: brotli, else gzip, else as is (`[br, gzip, raw]`), with its
+/// Content-Encoding.
+fn precompressed(headers: &HeaderMap, [br, gz, raw]: [&Bytes; 3]) -> Response {
+    let (body, encoding) = if accepts(headers, "br") {
+        (br.clone(), Some("br"))
+    } else if accepts(headers, "gzip") {
+        (gz.clone(), Some("gzip"))
+    } else {
+        (raw.clone(), None)
+    };
+    let mut resp = body.into_response();
+    if let Some(e) = encoding {
+        resp.headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
+    }
+    resp
 }
 
 /// True when Accept-Encoding lists `coding` without `q=0`.
@@ -646,21 +655,17 @@ pub(crate) async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Respo
     };
     let etag = HeaderValue::from_str(&format!("\"{}\"", a.name))
         .unwrap_or(HeaderValue::from_static("\"asset\""));
-    let has = |e: &str| accepts(&headers, e);
     let mut resp = if cached::not_modified(&headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
-    } else if has("br") {
-        let mut r = Bytes::from_static(a.br).into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("br"));
-        r
-    } else if has("gzip") {
-        let mut r = Bytes::from_static(a.gz).into_response();
-        r.headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        r
     } else {
-        Bytes::from_static(a.raw).into_response()
+        precompressed(
+            &headers,
+            [
+                &Bytes::from_static(a.br),
+                &Bytes::from_static(a.gz),
+                &Bytes::from_static(a.raw),
+            ],
+        )
     };
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(a.mime));
