@@ -271,6 +271,8 @@ pub struct LbConfig {
     pub pool_max_idle: usize,
     /// Deadline for a client to send its request headers, in milliseconds.
     pub header_read_timeout_ms: u64,
+    /// An idle keep-alive client connection is closed after this long, in milliseconds.
+    pub client_idle_timeout_ms: u64,
     /// Largest total size of a request's headers (431 above), in bytes.
     pub header_limit_bytes: usize,
     /// Largest request body (413 above), in bytes.
@@ -302,6 +304,7 @@ impl Default for LbConfig {
             pool_idle_timeout_ms: 50_000,
             pool_max_idle: 64,
             header_read_timeout_ms: 5_000,
+            client_idle_timeout_ms: 60_000,
             header_limit_bytes: 16 * 1024,
             body_limit_bytes: 1024 * 1024 * 1024 * 4,
             max_retries: 2,
@@ -795,6 +798,7 @@ impl Config {
             ("lb.response_timeout_ms", lb.response_timeout_ms),
             ("lb.pool_idle_timeout_ms", lb.pool_idle_timeout_ms),
             ("lb.header_read_timeout_ms", lb.header_read_timeout_ms),
+            ("lb.client_idle_timeout_ms", lb.client_idle_timeout_ms),
             ("lb.drain_timeout_ms", lb.drain_timeout_ms),
             ("lb.health.interval_ms", lb.health.interval_ms),
             ("lb.health.timeout_ms", lb.health.timeout_ms),

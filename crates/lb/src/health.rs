@@ -1,15 +1,14 @@
 //! Active health checks: one task per backend, GET `path` every interval, rise/fall thresholds.
 
-use std::future::Future;
 use std::sync::Weak;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Limited};
 use tenfold_config::HealthCheckConfig;
+use tokio::io::AsyncWriteExt;
 
 use crate::backend::Backend;
+use crate::front::Relay;
+use crate::h1::{Chunked, RequestId, RespBody};
 
 pub(crate) async fn run(backend: Weak<Backend>, cfg: HealthCheckConfig) {
     let interval = Duration::from_millis(cfg.interval_ms);
@@ -43,25 +42,41 @@ async fn check(b: &Backend, path: &str) -> bool {
     let Ok(mut conn) = b.pool.checkout().await else {
         return false;
     };
-    let req = Request::get(path)
-        .header(http::header::HOST, b.addr.to_string())
-        .header(http::header::USER_AGENT, "tenfold-lb-health")
-        .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed());
-    let Ok(req) = req else { return false };
-    let Ok(resp) = conn.send(req).await else {
+    let mut req = Vec::with_capacity(128);
+    req.extend_from_slice(b"GET ");
+    req.extend_from_slice(path.as_bytes());
+    req.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    req.extend_from_slice(b.addr.to_string().as_bytes());
+    req.extend_from_slice(b"\r\nuser-agent: tenfold-lb-health\r\n\r\n");
+    if conn.stream.write_all(&req).await.is_err() {
+        return false;
+    }
+    let rid = RequestId::generate();
+    let mut head = Vec::new();
+    let Ok(resp) = conn.read_head(false, &rid, &mut head).await else {
         return false;
     };
-    let good = resp.status().is_success()
-        || resp.status().is_redirection()
-        || resp.status() == StatusCode::NOT_MODIFIED;
-    // Read the body (driving the connection meanwhile) so the connection can be reused.
-    let mut body = std::pin::pin!(Limited::new(resp.into_body(), 64 * 1024).collect());
-    let read = std::future::poll_fn(|cx| {
-        conn.poll_driver(cx);
-        body.as_mut().poll(cx)
-    })
-    .await;
-    if read.is_ok() {
+    let good = (200..400).contains(&resp.status);
+    // Read the body (at most 64 KiB) so the connection can be reused.
+    let mut relay = match resp.body {
+        RespBody::Empty | RespBody::Length(0) => Relay::Done,
+        RespBody::Length(n) if n <= 64 * 1024 => Relay::Length(n),
+        RespBody::Chunked => Relay::Dechunk(Chunked::default()),
+        _ => return good,
+    };
+    let mut sink = Vec::new();
+    loop {
+        match relay.take(&mut conn.buf, &mut sink) {
+            Ok(true) => break,
+            Ok(false) if sink.len() <= 64 * 1024 => {}
+            _ => return good,
+        }
+        match conn.read_more().await {
+            Ok(n) if n > 0 => {}
+            _ => return good,
+        }
+    }
+    if resp.reusable {
         b.pool.checkin(conn);
     }
     good

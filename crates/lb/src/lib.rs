@@ -15,13 +15,14 @@
 mod admin;
 mod backend;
 mod balance;
-mod body;
+mod front;
+mod h1;
+mod h2;
 mod health;
 mod pool;
 mod proxy;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -66,6 +67,8 @@ pub(crate) struct Settings {
     pub(crate) outlier: OutlierConfig,
     pub(crate) health: HealthCheckConfig,
     pub(crate) drain_timeout: Duration,
+    /// How long an idle keep-alive client connection is kept open.
+    pub(crate) client_idle_timeout: Duration,
     pub(crate) pool: PoolConfig,
     pub(crate) limits: tenfold_http::ServerLimits,
 }
@@ -143,6 +146,7 @@ impl Lb {
             },
             health: cfg.health.clone(),
             drain_timeout: Duration::from_millis(cfg.drain_timeout_ms),
+            client_idle_timeout: Duration::from_millis(cfg.client_idle_timeout_ms),
             pool: PoolConfig {
                 max_idle: cfg.pool_max_idle,
                 idle_timeout: Duration::from_millis(cfg.pool_idle_timeout_ms),
@@ -189,21 +193,7 @@ impl Lb {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let shared = self.shared.clone();
-        let limits = self.shared.settings.limits.clone();
-        tenfold_http::serve(
-            listener,
-            move |peer| {
-                let shared = shared.clone();
-                hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(proxy::handle(shared, req, peer).await) }
-                })
-            },
-            shutdown,
-            &limits,
-        )
-        .await
+        front::serve(self.shared.clone(), listener, shutdown).await
     }
 
     /// Proxies on one single-threaded event loop per listener (see `tenfold_http::reuseport_listeners`):
@@ -445,6 +435,14 @@ impl Lb {
 }
 
 impl Shared {
+    /// The header consistent hashing reads, when the algorithm hashes one.
+    pub(crate) fn hash_header(&self) -> Option<&str> {
+        match &self.picker.algorithm {
+            Algorithm::ConsistentHash(HashKey::Header(name)) => Some(name.as_str()),
+            _ => None,
+        }
+    }
+
     /// Counts a failure and ejects the backend when it crossed the threshold and the cap allows.
     pub(crate) fn record_failure(&self, b: &Backend, latency: Duration, kind: &'static str) {
         metrics::counter!("lb_backend_errors_total", "backend" => b.addr.to_string(), "kind" => kind).increment(1);

@@ -1,32 +1,34 @@
-//! The backend connection pool: one per backend, a LIFO stack of idle HTTP/1.1 connections behind a
-//! lock held only to push or pop.
+//! Backend connections: one pool per backend, a LIFO stack of idle HTTP/1.1 connections per event loop
+//! behind a lock held only to push or pop; and recycled byte buffers for the hot path.
 //!
 //! Why not hyper-util's legacy client: its pool has one lock for every host and races a new connect
-//! against the return of an idle connection (hyper #1584, #4134). Here a checkout takes an idle connection
-//! if one is ready and connects otherwise; a connection returns to its pool only when the response body
-//! it carried has been read to the end, so a pooled connection is always ready for the next request.
+//! against the return of an idle connection (hyper #1584, #4134), and hyper's client dispatch costs a
+//! channel send and a oneshot per request. Here a connection is a plain socket with a read buffer, used
+//! by the task that proxies the request: a checkout takes an idle connection if one is ready and connects
+//! otherwise; a connection returns to its pool only when the response it carried was read to its end.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use std::future::Future;
-use std::pin::Pin;
+use bytes::{Buf, BytesMut};
+use http_body_util::combinators::UnsyncBoxBody;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
-use bytes::Bytes;
-use futures::future::Either;
-use futures::FutureExt;
-use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::client::conn::TrySendError;
-use hyper_util::rt::TokioIo;
+use crate::h1::{self, HeadError, RequestId};
 
 /// Any error a body can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type sent to backends and to clients.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+/// The body type of responses to HTTP/2 clients.
+pub type ProxyBody = UnsyncBoxBody<bytes::Bytes, BoxError>;
+
+/// Largest response head a backend may send.
+const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
+/// Read buffer of a backend connection.
+const CONN_BUF: usize = 16 * 1024;
 
 /// Pool settings, the same for every backend.
 #[derive(Debug, Clone)]
@@ -58,64 +60,113 @@ pub enum ConnectError {
     /// The TCP connect took too long.
     #[error("connect timed out after {0} ms")]
     Timeout(u128),
-    /// The HTTP handshake failed.
-    #[error("HTTP handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
 }
 
-/// The future that does a connection's I/O. It is polled by whichever task uses the connection, never
-/// by a task of its own: the request, the response and the socket stay on one task, with no cross-thread
-/// wake-up between the client's connection and the backend's.
-pub(crate) type Driver = Pin<Box<http1::Connection<TokioIo<tokio::net::TcpStream>, ProxyBody>>>;
+/// Why no response head could be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The backend closed the connection before sending a byte of the response.
+    Closed,
+    Io(std::io::Error),
+    Malformed(&'static str),
+}
 
-/// A connection checked out of a pool.
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Closed => f.write_str("the connection closed before a response"),
+            ReadError::Io(e) => write!(f, "reading the response failed: {e}"),
+            ReadError::Malformed(m) => write!(f, "invalid response: {m}"),
+        }
+    }
+}
+
+/// A backend connection: the socket and what was read from it but not yet used.
+#[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) sender: SendRequest<ProxyBody>,
-    /// `None` once the connection has ended.
-    pub(crate) driver: Option<Driver>,
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: BytesMut,
     /// True when it came from the idle stack (it may have been closed by the backend meanwhile).
     pub(crate) reused: bool,
 }
 
 impl Conn {
-    /// Lets the connection process what arrived while nobody polled it; false when it has ended.
+    /// An idle connection must have nothing to read: readiness means the backend closed it (or sent
+    /// bytes nobody asked for). Checking costs no system call unless the socket became readable.
     fn alive(&mut self) -> bool {
-        if let Some(d) = self.driver.as_mut() {
-            if d.as_mut().now_or_never().is_some() {
-                self.driver = None;
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
         }
-        self.driver.is_some() && self.sender.is_ready()
     }
 
-    /// Sends a request and drives the connection on this task until the response head arrives.
-    pub(crate) async fn send(
+    /// Reads more bytes into the buffer; 0 at end of stream.
+    pub(crate) async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(CONN_BUF);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Reads the response head (skipping informational 1xx heads); `out` gets the client's head (see
+    /// [`h1::parse_response`]). The head's bytes are consumed from the buffer; body bytes stay.
+    pub(crate) async fn read_head(
         &mut self,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, TrySendError<Request<ProxyBody>>> {
-        let send = self.sender.try_send_request(req);
-        futures::pin_mut!(send);
-        let Some(driver) = self.driver.as_mut() else {
-            return send.await;
-        };
-        match futures::future::select(send, driver.as_mut()).await {
-            Either::Left((r, _)) => r,
-            Either::Right((_, send)) => {
-                // The connection ended first; the request resolves with the reason.
-                self.driver = None;
-                send.await
+        head_request: bool,
+        request_id: &RequestId,
+        out: &mut Vec<u8>,
+    ) -> Result<h1::Response, ReadError> {
+        let mut got_any = false;
+        loop {
+            if !self.buf.is_empty() {
+                got_any = true;
+                match h1::parse_response(
+                    &self.buf,
+                    RESPONSE_HEAD_LIMIT,
+                    head_request,
+                    request_id,
+                    out,
+                ) {
+                    Ok(Some(r)) if r.status == 101 => {
+                        return Err(ReadError::Malformed("an unrequested protocol switch"))
+                    }
+                    Ok(Some(r)) if r.status < 200 => {
+                        self.buf.advance(r.len);
+                        continue;
+                    }
+                    Ok(Some(r)) => {
+                        self.buf.advance(r.len);
+                        return Ok(r);
+                    }
+                    Ok(None) => {}
+                    Err(HeadError::TooLarge) => {
+                        return Err(ReadError::Malformed("response head too large"))
+                    }
+                    Err(HeadError::Malformed(m)) => return Err(ReadError::Malformed(m)),
+                    Err(HeadError::Method) => return Err(ReadError::Malformed("method")),
+                }
+                out.clear();
+            }
+            match self.read_more().await {
+                Ok(0) if got_any => {
+                    return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()))
+                }
+                Ok(0) => return Err(ReadError::Closed),
+                Ok(_) => {}
+                Err(e) if !got_any && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return Err(ReadError::Closed)
+                }
+                Err(e) => return Err(ReadError::Io(e)),
             }
         }
-    }
-
-    /// Polls the driver from inside another future's poll (a response body's); returns false when it ended.
-    pub(crate) fn poll_driver(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        if let Some(d) = self.driver.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                self.driver = None;
-            }
-        }
-        self.driver.is_some()
     }
 }
 
@@ -147,7 +198,7 @@ impl Pool {
             .sum()
     }
 
-    /// The most recently returned ready connection, or a new one.
+    /// The most recently returned live connection, or a new one.
     pub(crate) async fn checkout(&self) -> Result<Conn, ConnectError> {
         loop {
             let popped = self.idle[current_slot()]
@@ -165,26 +216,20 @@ impl Pool {
                 None => break,
             }
         }
-        let stream = tokio::time::timeout(
-            self.cfg.connect_timeout,
-            tokio::net::TcpStream::connect(self.addr),
-        )
-        .await
-        .map_err(|_| ConnectError::Timeout(self.cfg.connect_timeout.as_millis()))??;
+        let stream = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.cfg.connect_timeout.as_millis()))??;
         let _ = stream.set_nodelay(true);
-        let (sender, driver) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
         Ok(Conn {
-            sender,
-            driver: Some(Box::pin(driver)),
+            stream,
+            buf: BytesMut::with_capacity(CONN_BUF),
             reused: false,
         })
     }
 
-    /// Returns a connection whose last response was read to the end.
+    /// Returns a connection whose last response was read to its end.
     pub(crate) fn checkin(&self, conn: Conn) {
-        if conn.driver.is_none() || conn.sender.is_closed() {
+        if !conn.buf.is_empty() {
             return;
         }
         if let Ok(mut idle) = self.idle[current_slot()].lock() {
@@ -204,18 +249,13 @@ impl Pool {
     }
 }
 
-impl std::fmt::Debug for Conn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn")
-            .field("alive", &self.driver.is_some())
-            .field("reused", &self.reused)
-            .finish()
-    }
-}
-
 thread_local! {
     /// Which event loop this thread runs: 0 for the main runtime, `i + 1` for per-core loop `i`.
     static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Recycled head buffers of this thread.
+    static VECS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Recycled client read buffers of this thread.
+    static BUFS: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Most per-core loops a pool keeps stacks for.
@@ -233,4 +273,52 @@ pub(crate) fn set_loop_slot(i: usize) {
 
 fn current_slot() -> usize {
     SLOT.with(|s| s.get())
+}
+
+/// Buffers kept for reuse per thread: enough for every request in flight on a busy loop; more are freed.
+const RECYCLED: usize = 256;
+/// Capacity of a client read buffer.
+pub(crate) const CLIENT_BUF: usize = 8 * 1024;
+
+/// An empty buffer for a message head, recycled when possible.
+pub(crate) fn take_vec() -> Vec<u8> {
+    VECS.with(|v| v.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(1024))
+}
+
+/// Gives a head buffer back for reuse (large ones are freed).
+pub(crate) fn give_vec(mut v: Vec<u8>) {
+    if v.capacity() > 64 * 1024 {
+        return;
+    }
+    v.clear();
+    VECS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < RECYCLED {
+            s.push(v);
+        }
+    });
+}
+
+/// An empty client read buffer, recycled when possible.
+pub(crate) fn take_buf() -> BytesMut {
+    let mut b = BUFS
+        .with(|v| v.borrow_mut().pop())
+        .unwrap_or_else(|| BytesMut::with_capacity(CLIENT_BUF));
+    b.reserve(CLIENT_BUF);
+    b
+}
+
+/// Gives a client read buffer back for reuse (grown ones are freed).
+pub(crate) fn give_buf(mut b: BytesMut) {
+    if b.capacity() > 4 * CLIENT_BUF {
+        return;
+    }
+    b.clear();
+    BUFS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < RECYCLED {
+            s.push(b);
+        }
+    });
 }

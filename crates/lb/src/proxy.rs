@@ -1,38 +1,29 @@
-//! Forwarding one request: header hygiene, backend choice, retries within a budget, error answers.
+//! Forwarding one request, whatever the client spoke: backend choice, retries within a budget, passive
+//! health, metrics, and the problem documents sent when no backend answered.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, InFlight};
 use crate::balance::PickContext;
-use crate::body::{Finisher, Tracked};
-use crate::pool::{BoxError, ProxyBody};
+use crate::h1::{self, RequestId, RequestMeta};
+use crate::pool::{Conn, ReadError};
 use crate::Shared;
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
 /// The balancer-added latency histogram, registered once rather than looked up per request.
-fn added_latency() -> &'static metrics::Histogram {
+pub(crate) fn added_latency() -> &'static metrics::Histogram {
     static H: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
     H.get_or_init(|| metrics::histogram!("lb_added_latency_seconds"))
 }
 
-/// Bodies up to this size are buffered when the request is safe to repeat, so a retry can resend them.
-const REPLAY_LIMIT: u64 = 64 * 1024;
+/// Request bodies up to this size are read before a backend is chosen and sent with the head in one
+/// write; a retry (for a request safe to repeat) resends them. Larger ones are streamed, sent once.
+pub(crate) const REPLAY_LIMIT: u64 = 64 * 1024;
 
 /// Retries may add at most `percent` extra load: each request deposits `percent`/100 of a token, each retry
 /// withdraws one; at most 10 tokens accumulate, so a quiet period cannot fund a retry storm.
@@ -77,231 +68,183 @@ enum Failure {
     Timeout,
 }
 
-fn problem(
-    status: StatusCode,
-    kind: &str,
-    title: &str,
+/// An answer the balancer gives itself (RFC 9457 problem document).
+#[derive(Debug)]
+pub(crate) struct Problem {
+    pub(crate) status: u16,
+    kind: &'static str,
+    title: &'static str,
     detail: String,
-    request_id: &HeaderValue,
-) -> Response<ProxyBody> {
-    let body = tenfold_http::problem_body(
-        status.as_u16(),
-        kind,
-        title,
-        &detail,
-        request_id.to_str().ok(),
-    );
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(tenfold_http::PROBLEM_JSON),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    r
 }
 
-/// Removes hop-by-hop headers, including those the Connection header names.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        header::CONNECTION,
-        KEEP_ALIVE.clone(),
-        PROXY_CONNECTION.clone(),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        h.remove(n);
-    }
-}
-
-fn request_id(h: &HeaderMap) -> HeaderValue {
-    match h.get(&X_REQUEST_ID) {
-        Some(v)
-            if (1..=128).contains(&v.len())
-                && v.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
-        {
-            v.clone()
-        }
-        _ => {
-            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            HeaderValue::from_str(uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf))
-                .unwrap_or(HeaderValue::from_static("-"))
-        }
-    }
-}
-
-fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?;
-    v.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// A request as it will be sent, kept so it can be sent again when that is safe.
-enum Outgoing {
-    /// Head and a small body that can be resent to another backend.
-    Replayable {
-        head: http::request::Parts,
-        body: Bytes,
-    },
-    /// A streamed body: sent at most once (unless the backend provably never received it).
-    Streaming(Option<Request<ProxyBody>>),
-}
-
-impl Outgoing {
-    fn take(&mut self) -> Option<Request<ProxyBody>> {
-        match self {
-            Outgoing::Replayable { head, body } => {
-                let mut r = Request::new(Full::new(body.clone()).map_err(|e| match e {}).boxed());
-                *r.method_mut() = head.method.clone();
-                *r.uri_mut() = head.uri.clone();
-                *r.version_mut() = head.version;
-                *r.headers_mut() = head.headers.clone();
-                Some(r)
-            }
-            Outgoing::Streaming(r) => r.take(),
+impl Problem {
+    pub(crate) fn new(
+        status: u16,
+        kind: &'static str,
+        title: &'static str,
+        detail: String,
+    ) -> Problem {
+        Problem {
+            status,
+            kind,
+            title,
+            detail,
         }
     }
 
-    fn put_back(&mut self, req: Request<ProxyBody>) {
-        if let Outgoing::Streaming(slot) = self {
-            *slot = Some(req);
-        }
+    pub(crate) fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(400, "/problems/bad-request", "Bad request", detail.into())
     }
 
-    fn replayable(&self) -> bool {
-        matches!(self, Outgoing::Replayable { .. })
-    }
-}
-
-/// Proxies one client request.
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<ProxyBody> {
-    let arrived = Instant::now();
-    let (mut parts, body) = req.into_parts();
-    let rid = request_id(&parts.headers);
-    shared.budget.deposit();
-
-    // Declared too large: refuse before reading.
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > shared.settings.body_limit) {
-        return problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
+    pub(crate) fn too_large(limit: u64) -> Problem {
+        Problem::new(
+            413,
             "/problems/payload-too-large",
             "Request body too large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
+    }
+
+    pub(crate) fn headers_too_large(limit: usize) -> Problem {
+        Problem::new(
+            431,
+            "/problems/headers-too-large",
+            "Request header fields too large",
             format!(
-                "the request body is larger than the limit of {} bytes",
-                shared.settings.body_limit
+                "the request head is larger than {limit} bytes or has more than {} fields",
+                h1::MAX_HEADERS
             ),
-            &rid,
-        );
+        )
     }
 
-    // Headers for the backend.
-    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    strip_hop_by_hop(&mut parts.headers);
-    let h = &mut parts.headers;
-    if let Some(host) = &host {
-        h.insert(header::HOST, host.clone());
-        h.insert(X_FORWARDED_HOST.clone(), host.clone());
+    pub(crate) fn method(method: &str) -> Problem {
+        Problem::new(
+            405,
+            "/problems/method-not-allowed",
+            "Method not allowed",
+            format!("the balancer does not proxy {method} requests"),
+        )
     }
-    let ip = peer.ip().to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    h.insert(X_REQUEST_ID.clone(), rid.clone());
-    // Backends get origin-form HTTP/1.1 whatever the client spoke.
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map(|pq| Uri::from(pq.clone()))
-        .unwrap_or_else(|| Uri::from_static("/"));
-    parts.version = Version::HTTP_11;
 
-    let safe = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) || parts.headers.contains_key(&IDEMPOTENCY_KEY);
-    let no_body = declared == Some(0)
-        || (declared.is_none()
-            && !parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && body_is_empty(&body));
-    let limit = shared.settings.body_limit;
-    let mut outgoing = if safe && (no_body || declared.is_some_and(|n| n <= REPLAY_LIMIT)) {
-        let bytes = if no_body {
-            Bytes::new()
-        } else {
-            match Limited::new(body, REPLAY_LIMIT as usize).collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(e) => {
-                    return problem(
-                        StatusCode::BAD_REQUEST,
-                        "/problems/bad-request",
-                        "Bad request",
-                        format!("the request body could not be read: {e}"),
-                        &rid,
-                    )
-                }
-            }
-        };
-        Outgoing::Replayable {
-            head: parts,
-            body: bytes,
+    pub(crate) fn body(&self, rid: &RequestId) -> Vec<u8> {
+        tenfold_http::problem_body(
+            self.status,
+            self.kind,
+            self.title,
+            &self.detail,
+            Some(rid.as_str()),
+        )
+    }
+
+    fn reason(&self) -> &'static str {
+        http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error")
+    }
+
+    /// The whole HTTP/1.1 response, appended to `out`.
+    pub(crate) fn write_h1(&self, rid: &RequestId, close: bool, out: &mut Vec<u8>) {
+        let body = self.body(rid);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        h1::put_u64(out, u64::from(self.status));
+        out.push(b' ');
+        out.extend_from_slice(self.reason().as_bytes());
+        out.extend_from_slice(b"\r\ncontent-type: ");
+        out.extend_from_slice(tenfold_http::PROBLEM_JSON.as_bytes());
+        out.extend_from_slice(b"\r\ncache-control: no-store\r\nx-request-id: ");
+        out.extend_from_slice(rid.as_bytes());
+        if self.status == 503 {
+            out.extend_from_slice(b"\r\nretry-after: 1");
         }
-    } else {
-        let body = Limited::new(body, limit as usize)
-            .map_err(BoxError::from)
-            .boxed();
-        Outgoing::Streaming(Some(Request::from_parts(parts, body)))
-    };
-
-    let hash_header = match &shared.picker.algorithm {
-        crate::Algorithm::ConsistentHash(crate::HashKey::Header(name)) => {
-            outgoing_header(&outgoing, name)
+        if close {
+            out.extend_from_slice(b"\r\nconnection: close");
         }
-        _ => None,
-    };
+        out.extend_from_slice(b"\r\ncontent-length: ");
+        h1::put_u64(out, body.len() as u64);
+        out.extend_from_slice(b"\r\n\r\n");
+        out.extend_from_slice(&body);
+    }
+}
+
+/// Why a request body could not be passed on.
+#[derive(Debug)]
+pub(crate) enum PumpError {
+    /// The client stopped sending, sent a malformed body, or went away.
+    Client(String),
+    /// Larger than the body limit.
+    TooLarge,
+    /// Writing to the backend failed.
+    Backend(std::io::Error),
+}
+
+/// Where a streamed request body comes from (an HTTP/1 client connection or an HTTP/2 stream).
+pub(crate) trait BodySource {
+    /// Sends the whole body to the backend, in the framing its head announced.
+    async fn pump(&mut self, to: &mut TcpStream) -> Result<(), PumpError>;
+}
+
+/// For requests whose body (if any) went with the head.
+pub(crate) struct NoBody;
+
+impl BodySource for NoBody {
+    async fn pump(&mut self, _to: &mut TcpStream) -> Result<(), PumpError> {
+        Ok(())
+    }
+}
+
+/// A request as it goes to backends.
+pub(crate) struct Outgoing<'a> {
+    /// The head for the backend and, unless `streamed`, the whole body.
+    pub(crate) bytes: &'a [u8],
+    /// The body follows from the [`BodySource`].
+    pub(crate) streamed: bool,
+    pub(crate) meta: &'a RequestMeta,
+}
+
+impl Outgoing<'_> {
+    /// Safe to send again to another backend.
+    fn replayable(&self) -> bool {
+        self.meta.safe && !self.streamed
+    }
+}
+
+/// A backend's response head, with what is needed to relay its body and account for it.
+pub(crate) struct Answer {
+    pub(crate) conn: Conn,
+    pub(crate) head: h1::Response,
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) _in_flight: InFlight,
+}
+
+impl Answer {
+    /// The body was relayed to its end: the connection may serve the next request.
+    pub(crate) fn finish(self) {
+        if self.head.reusable {
+            self.backend.pool.checkin(self.conn);
+        }
+    }
+}
+
+/// Forwards a request to a backend, retrying where that is safe. On success the answer's head is in
+/// `resp_out` (see [`h1::parse_response`]) and the body is the caller's to relay; otherwise the problem
+/// to send. A problem from the request body (`PumpError`) leaves the client connection unusable.
+pub(crate) async fn forward<S: BodySource>(
+    shared: &Shared,
+    peer: IpAddr,
+    arrived: Instant,
+    outgoing: &Outgoing<'_>,
+    source: &mut S,
+    resp_out: &mut Vec<u8>,
+) -> Result<Answer, Problem> {
+    shared.budget.deposit();
     let mut tried: Vec<usize> = Vec::new();
-    let mut last: Option<(SocketAddr, Failure)> = None;
-    let members = shared.members.load_full();
+    let mut last: Option<(std::net::SocketAddr, Failure)> = None;
+    let members = shared.members.load();
     let max_attempts = 1 + shared.settings.max_retries as usize;
     let ctx = PickContext {
-        client_ip: peer.ip(),
-        hash_header: hash_header.as_deref(),
+        client_ip: peer,
+        hash_header: outgoing.meta.hash_value.as_deref(),
         slow_start: shared.settings.outlier.slow_start,
     };
     let pick = |tried: &[usize]| {
@@ -332,9 +275,30 @@ pub(crate) async fn handle(
         let backend = members.backends[i].clone();
         let in_flight = backend.start();
         let started = Instant::now();
-        let (conn, sent) = match exchange(&shared, &backend, &mut outgoing).await {
+        resp_out.clear();
+        let (conn, head) = match exchange(shared, &backend, outgoing, source, resp_out).await {
             Ok(x) => x,
-            Err(f) => {
+            Err(Attempt::Body(e)) => {
+                return Err(match e {
+                    PumpError::TooLarge => Problem::too_large(shared.settings.body_limit),
+                    PumpError::Client(why) => {
+                        Problem::bad_request(format!("the request body could not be read: {why}"))
+                    }
+                    PumpError::Backend(e) => {
+                        shared.record_failure(&backend, started.elapsed(), "exchange");
+                        Problem::new(
+                            502,
+                            "/problems/bad-gateway",
+                            "Bad gateway",
+                            format!(
+                                "backend {} failed while receiving the request body: {e}",
+                                backend.addr
+                            ),
+                        )
+                    }
+                })
+            }
+            Err(Attempt::Failed(f)) => {
                 let kind = match &f {
                     Failure::Connect(_) => "connect",
                     Failure::Exchange(_) => "exchange",
@@ -350,36 +314,29 @@ pub(crate) async fn handle(
                 break;
             }
         };
-        let resp = sent;
         let upstream = started.elapsed();
-        let status = resp.status();
+        let status = head.status;
         // A shed request (the backend's overload control refused it, X-Load-Shed) says the backend is
         // busy, not down: it steers load away (a latency penalty) without ejecting the backend or
         // honouring its Retry-After for every request (that is the client's to honour).
-        let shed = status == StatusCode::SERVICE_UNAVAILABLE
-            && resp.headers().contains_key(&tenfold_http::X_LOAD_SHED);
-        if let Some(d) = retry_after(resp.headers()).filter(|_| {
-            !shed
-                && (status == StatusCode::SERVICE_UNAVAILABLE
-                    || status == StatusCode::TOO_MANY_REQUESTS)
-        }) {
+        let shed = status == 503 && head.shed;
+        if let Some(d) = head
+            .retry_after
+            .filter(|_| !shed && (status == 503 || status == 429))
+        {
             backend.back_off(d);
         }
         if shed {
             backend.observe_shed(upstream);
             metrics::counter!("lb_backend_shed_total", "backend" => backend.addr.to_string())
                 .increment(1);
-        } else if status.is_server_error() {
+        } else if status >= 500 {
             shared.record_failure(&backend, upstream, "status");
         } else {
             backend.observe_success(upstream);
         }
         backend.metrics.latency.record(upstream.as_secs_f64());
-        let retry_status = matches!(
-            status,
-            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-        );
-        if retry_status && outgoing.replayable() && attempt + 1 < max_attempts {
+        if matches!(status, 502..=504) && outgoing.replayable() && attempt + 1 < max_attempts {
             // Give up this answer only when another backend can take the request and the budget allows.
             if let Some(j) = pick(&tried) {
                 if shared.budget.try_withdraw() {
@@ -393,108 +350,97 @@ pub(crate) async fn handle(
                 metrics::counter!("lb_retries_denied_total").increment(1);
             }
         }
-        let (mut rparts, rbody) = resp.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        rparts
-            .headers
-            .entry(X_REQUEST_ID.clone())
-            .or_insert(rid.clone());
-        let body = Tracked::new(
-            rbody,
-            Finisher {
-                conn: Some(conn),
-                backend: backend.clone(),
-                _in_flight: in_flight,
-            },
-        )
-        .boxed();
         added_latency().record(arrived.elapsed().saturating_sub(upstream).as_secs_f64());
-        return Response::from_parts(rparts, body);
+        return Ok(Answer {
+            conn,
+            head,
+            backend,
+            _in_flight: in_flight,
+        });
     }
-    match last {
-        Some((addr, Failure::Timeout)) => problem(
-            StatusCode::GATEWAY_TIMEOUT,
+    Err(match last {
+        Some((addr, Failure::Timeout)) => Problem::new(
+            504,
             "/problems/gateway-timeout",
             "Gateway timeout",
             format!(
                 "backend {addr} did not answer within {} ms",
                 shared.settings.response_timeout.as_millis()
             ),
-            &rid,
         ),
-        Some((addr, Failure::Connect(e))) => problem(
-            StatusCode::BAD_GATEWAY,
+        Some((addr, Failure::Connect(e))) => Problem::new(
+            502,
             "/problems/bad-gateway",
             "Bad gateway",
             format!("backend {addr} could not be reached: {e}"),
-            &rid,
         ),
-        Some((addr, Failure::Exchange(e))) => problem(
-            StatusCode::BAD_GATEWAY,
+        Some((addr, Failure::Exchange(e))) => Problem::new(
+            502,
             "/problems/bad-gateway",
             "Bad gateway",
             format!("backend {addr} failed: {e}"),
-            &rid,
         ),
-        None => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
+        None => Problem::new(
+            503,
             "/problems/no-backend",
             "Service unavailable",
             shared.why_none_available(),
-            &rid,
         ),
-    }
+    })
 }
 
-fn body_is_empty(b: &Incoming) -> bool {
-    http_body::Body::is_end_stream(b)
+/// How one attempt ended, when it did not end with a response head.
+enum Attempt {
+    Failed(Failure),
+    Body(PumpError),
 }
 
-fn outgoing_header(o: &Outgoing, name: &HeaderName) -> Option<Vec<u8>> {
-    let h = match o {
-        Outgoing::Replayable { head, .. } => &head.headers,
-        Outgoing::Streaming(Some(r)) => r.headers(),
-        Outgoing::Streaming(None) => return None,
-    };
-    h.get(name).map(|v| v.as_bytes().to_vec())
-}
-
-/// Sends the request over a pooled connection (retrying on other pooled connections the backend had
-/// closed without our request being written), within the response timeout.
-async fn exchange(
+/// Sends the request over a pooled connection (trying further pooled connections when the backend had
+/// closed one without reading our request) and reads the response head within the response timeout.
+async fn exchange<S: BodySource>(
     shared: &Shared,
     backend: &Backend,
-    outgoing: &mut Outgoing,
-) -> Result<(crate::pool::Conn, Response<Incoming>), Failure> {
+    outgoing: &Outgoing<'_>,
+    source: &mut S,
+    resp_out: &mut Vec<u8>,
+) -> Result<(Conn, h1::Response), Attempt> {
+    let meta = outgoing.meta;
     for _ in 0..4 {
         let mut conn = backend
             .pool
             .checkout()
             .await
-            .map_err(|e| Failure::Connect(e.to_string()))?;
-        let Some(req) = outgoing.take() else {
-            return Err(Failure::Exchange(
-                "the request body was already sent".into(),
-            ));
-        };
-        match tokio::time::timeout(shared.settings.response_timeout, conn.send(req)).await {
-            Ok(Ok(resp)) => return Ok((conn, resp)),
-            Ok(Err(mut e)) => {
-                let why = e.error().to_string();
-                match e.take_message() {
-                    // Never written. A stale pooled connection is not the backend's fault: try another.
-                    Some(req) if conn.reused => outgoing.put_back(req),
-                    Some(req) => {
-                        outgoing.put_back(req);
-                        return Err(Failure::Connect(why));
-                    }
-                    None => return Err(Failure::Exchange(why)),
-                }
+            .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
+        let reused = conn.reused;
+        if let Err(e) = conn.stream.write_all(outgoing.bytes).await {
+            if reused {
+                // Closed by the backend while idle: it never got this request. Try another.
+                continue;
             }
-            Err(_) => return Err(Failure::Timeout),
+            return Err(Attempt::Failed(Failure::Connect(e.to_string())));
+        }
+        if outgoing.streamed {
+            source.pump(&mut conn.stream).await.map_err(Attempt::Body)?;
+        }
+        let read = tokio::time::timeout(
+            shared.settings.response_timeout,
+            conn.read_head(meta.head, &meta.request_id, resp_out),
+        )
+        .await;
+        match read {
+            Ok(Ok(head)) => return Ok((conn, head)),
+            // A pooled connection the backend closed just as we wrote: for a request safe to repeat
+            // (whose body went with the head) try another connection; a request that is not safe to
+            // repeat is never sent twice.
+            Ok(Err(ReadError::Closed)) if reused && outgoing.replayable() => {
+                resp_out.clear();
+                continue;
+            }
+            Ok(Err(e)) => return Err(Attempt::Failed(Failure::Exchange(e.to_string()))),
+            Err(_) => return Err(Attempt::Failed(Failure::Timeout)),
         }
     }
-    Err(Failure::Connect(
+    Err(Attempt::Failed(Failure::Connect(
         "every pooled connection was closed by the backend".into(),
-    ))
+    )))
 }

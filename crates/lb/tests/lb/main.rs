@@ -5,3 +5,4 @@
 mod distribution;
 mod failures;
 mod helpers;
+mod wire;

@@ -1,0 +1,350 @@
+//! The balancer's own HTTP/1.1 path on the wire: framing passed on or translated, pipelining, 100-continue,
+//! informational answers, HTTP/1.0 clients, HTTP/2 clients with bodies, and smuggling attempts refused.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::*;
+
+/// A backend that answers every request with the same raw bytes (closing after each when `close`).
+async fn raw_backend(response: &'static [u8], close: bool) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    if s.write_all(response).await.is_err() || close {
+                        let _ = s.shutdown().await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.1 backend (hyper) that answers with the request body it got, in chunks of unknown length
+/// (so its response is chunked), and says how the body reached it.
+async fn echo_backend() -> SocketAddr {
+    use http_body_util::BodyExt;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let svc = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let te = req
+                        .headers()
+                        .get("transfer-encoding")
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default();
+                    let expect = req.headers().contains_key("expect");
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let len = body.len();
+                    let chunks = futures::stream::iter(
+                        body.chunks(1000)
+                            .map(|c| {
+                                Ok::<_, std::io::Error>(hyper::body::Frame::data(
+                                    bytes::Bytes::copy_from_slice(c),
+                                ))
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                    let mut r = hyper::Response::new(http_body_util::StreamBody::new(chunks));
+                    r.headers_mut().insert("x-seen-length", len.into());
+                    r.headers_mut().insert("x-seen-te", te.parse().unwrap());
+                    r.headers_mut().insert(
+                        "x-seen-expect",
+                        if expect { "yes" } else { "no" }.parse().unwrap(),
+                    );
+                    Ok::<_, std::io::Error>(r)
+                },
+            );
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn lb_over(addr: SocketAddr) -> TestLb {
+    let mut cfg = config("round-robin");
+    cfg.backends = vec![tenfold_config::BackendSpec { addr, weight: 1 }];
+    TestLb::start_with(cfg).await
+}
+
+fn lb_addr(lb: &TestLb) -> String {
+    lb.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads from `s` until `done` says the bytes so far are complete, or the peer closes; at most 5 s.
+async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if done(&got) {
+                return false;
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the balancer answered within 5 s");
+    (got, closed)
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn chunked_answers_pass_through_and_pipelined_requests_are_answered_in_order() {
+    let be = raw_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-From: raw\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let lb = lb_over(be).await;
+    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+    // Two requests in one write.
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until(&mut s, |g| text(g).matches("0\r\n\r\n").count() == 2).await;
+    let t = text(&got);
+    assert!(!closed, "keep-alive: {t}");
+    assert_eq!(t.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{t}");
+    assert_eq!(
+        t.matches("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").count(),
+        2,
+        "{t}"
+    );
+    assert_eq!(
+        t.to_ascii_lowercase()
+            .matches("transfer-encoding: chunked\r\n")
+            .count(),
+        2,
+        "{t}"
+    );
+    assert!(t.to_ascii_lowercase().contains("x-request-id: "), "{t}");
+}
+
+#[tokio::test]
+async fn http_1_0_clients_get_plain_bodies_and_a_closed_connection() {
+    let be = raw_backend(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        false,
+    )
+    .await;
+    let lb = lb_over(be).await;
+    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let (got, closed) = read_until(&mut s, |_| false).await;
+    let t = text(&got);
+    assert!(closed);
+    assert!(t.starts_with("HTTP/1.1 200 OK\r\n"), "{t}");
+    assert!(t.ends_with("\r\n\r\nhello"), "{t}");
+    assert!(!t.to_ascii_lowercase().contains("transfer-encoding"), "{t}");
+    assert!(t.to_ascii_lowercase().contains("connection: close"), "{t}");
+    // Keep-alive on request: a length-framed answer keeps the connection.
+    let be = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false).await;
+    let lb = lb_over(be).await;
+    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let (got, closed) = read_until(&mut s, |g| g.ends_with(b"\r\n\r\nok")).await;
+        assert!(
+            !closed
+                && text(&got)
+                    .to_ascii_lowercase()
+                    .contains("connection: keep-alive")
+        );
+    }
+}
+
+#[tokio::test]
+async fn answers_delimited_by_close_and_informational_heads() {
+    let be = raw_backend(b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end", true).await;
+    let lb = lb_over(be).await;
+    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until(&mut s, |_| false).await;
+    let t = text(&got);
+    assert!(closed && t.ends_with("until the end"), "{t}");
+    assert!(t.to_ascii_lowercase().contains("connection: close"), "{t}");
+
+    let be = raw_backend(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody",
+        false,
+    )
+    .await;
+    let lb = lb_over(be).await;
+    let c = client();
+    let r = c.get(lb.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "body");
+}
+
+#[tokio::test]
+async fn request_bodies_arrive_whole_in_every_framing() {
+    let be = echo_backend().await;
+    let lb = lb_over(be).await;
+    let c = client();
+    // Small body with a length: sent with the head.
+    let r = c
+        .post(lb.url("/e"))
+        .body(vec![b'a'; 10_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-seen-length"], "10000");
+    assert_eq!(r.bytes().await.unwrap().len(), 10_000);
+    // Large body with a length: streamed.
+    let r = c
+        .post(lb.url("/e"))
+        .body(vec![b'b'; 300_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-seen-length"], "300000");
+    assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+    // Chunked from the client: passed on chunked.
+    let chunks = futures::stream::iter(
+        (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'c'; 7_000]))),
+    );
+    let r = c
+        .post(lb.url("/e"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-seen-length"], "70000");
+    assert_eq!(r.headers()["x-seen-te"], "chunked");
+    // HTTP/2 client, with and without a length.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .post(lb.url("/e"))
+        .body(vec![b'd'; 5_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["x-seen-length"], "5000");
+    assert_eq!(r.bytes().await.unwrap(), vec![b'd'; 5_000]);
+    let chunks = futures::stream::iter(
+        (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'e'; 100_000]))),
+    );
+    let r = h2
+        .post(lb.url("/e"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-seen-length"], "300000");
+    assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_the_balancer() {
+    let be = echo_backend().await;
+    let lb = lb_over(be).await;
+    for size in [1_000usize, 200_000] {
+        let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+        s.write_all(
+            format!("POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\nExpect: 100-continue\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (got, _) = read_until(&mut s, |g| g.ends_with(b"\r\n\r\n")).await;
+        assert_eq!(text(&got), "HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(&vec![b'x'; size]).await.unwrap();
+        let (got, _) = read_until(&mut s, |g| g.ends_with(b"0\r\n\r\n")).await;
+        let t = text(&got);
+        assert!(t.starts_with("HTTP/1.1 200 OK"), "{t}");
+        assert!(t.contains(&format!("x-seen-length: {size}\r\n")), "{t}");
+        assert!(
+            t.contains("x-seen-expect: no\r\n"),
+            "the balancer answered the expectation: {t}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn smuggling_attempts_and_unsupported_requests_are_refused() {
+    let b = TestBackend::start("a").await;
+    let lb = TestLb::start(config("round-robin"), &[&b]).await;
+    for (raw, status) in [
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcd", "400"),
+        ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "400"),
+        ("CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n", "405"),
+    ] {
+        let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let (got, _) = read_until(&mut s, |_| false).await;
+        let t = text(&got);
+        assert!(t.starts_with(&format!("HTTP/1.1 {status} ")), "{raw:?} -> {t}");
+        assert!(t.contains("application/problem+json"), "{t}");
+    }
+    assert_eq!(b.hits(), 0, "nothing ambiguous reached the backend");
+    // A chunked body that turns out malformed: the head went on, the body is refused.
+    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until(&mut s, |_| false).await;
+    assert!(text(&got).starts_with("HTTP/1.1 400 "), "{}", text(&got));
+    assert!(closed);
+    assert_eq!(who(&client(), &lb.url("/x")).await, "a");
+}
+
+#[tokio::test]
+async fn idle_clients_are_closed_after_the_idle_timeout() {
+    let b = TestBackend::start("a").await;
+    let mut cfg = config("round-robin");
+    cfg.client_idle_timeout_ms = 300;
+    cfg.backends = vec![b.spec(1)];
+    let lb = TestLb::start_with(cfg).await;
+    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (got, closed) = read_until(&mut s, |_| false).await;
+    assert!(text(&got).starts_with("HTTP/1.1 200"));
+    assert!(closed && started.elapsed() < Duration::from_secs(3));
+}
