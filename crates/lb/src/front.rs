@@ -23,7 +23,9 @@ use tokio::sync::Notify;
 
 use crate::h1::{self, HeadError, ReqBody, RespBody};
 use crate::pool;
-use crate::proxy::{self, Answer, BodySource, NoBody, Outgoing, Problem, PumpError, REPLAY_LIMIT};
+use crate::proxy::{
+    self, Answer, BodySource, NoBody, Outgoing, Problem, PumpError, Timer, REPLAY_LIMIT,
+};
 use crate::Shared;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -150,19 +152,27 @@ enum Wait {
     Stop,
 }
 
-/// Waits until the client sent something, for at most `limit`, or until shutdown.
-async fn readable(stream: &TcpStream, limit: Duration, tracker: &Tracker) -> Wait {
+/// Waits until the client sent something, for at most `limit` (on the connection's reused `timer`), or
+/// until shutdown.
+async fn readable(
+    stream: &TcpStream,
+    limit: Duration,
+    timer: &mut Timer,
+    tracker: &Tracker,
+) -> Wait {
     {
         let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
         if stream.poll_read_ready(&mut cx).is_ready() {
             return Wait::Ready;
         }
     }
+    timer.as_mut().reset(tokio::time::Instant::now() + limit);
     tokio::select! {
-        r = tokio::time::timeout(limit, stream.readable()) => match r {
-            Ok(Ok(())) => Wait::Ready,
-            _ => Wait::Stop,
+        r = stream.readable() => match r {
+            Ok(()) => Wait::Ready,
+            Err(_) => Wait::Stop,
         },
+        _ = timer.as_mut() => Wait::Stop,
         _ = tracker.stopped() => Wait::Stop,
     }
 }
@@ -185,6 +195,10 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
     let header_timeout = settings.limits.header_read_timeout;
     let mut buf: Option<BytesMut> = None;
     let mut first = true;
+    let peer_text = peer.ip().to_string();
+    // Two timers for the connection's life, moved on for each request (see `Timer`).
+    let mut idle_timer: Timer = Box::pin(tokio::time::sleep(header_timeout));
+    let mut response_timer: Timer = Box::pin(tokio::time::sleep(settings.response_timeout));
     loop {
         // Wait for the next request without holding a buffer.
         if buf.as_ref().is_none_or(|b| b.is_empty()) {
@@ -193,7 +207,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
             } else {
                 settings.client_idle_timeout
             };
-            if let Wait::Stop = readable(&stream, limit, guard.tracker()).await {
+            if let Wait::Stop = readable(&stream, limit, &mut idle_timer, guard.tracker()).await {
                 break;
             }
         }
@@ -217,7 +231,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
                     match h1::parse_request(
                         b,
                         settings.limits.header_limit_bytes,
-                        peer.ip(),
+                        peer_text.as_bytes(),
                         shared.hash_header(),
                         &mut out,
                     ) {
@@ -261,7 +275,8 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
             }
         };
         b.advance(req.len);
-        match Box::pin(request(&shared, &mut stream, b, peer, req, out)).await {
+        let next = request(&shared, &mut stream, b, peer, req, out, &mut response_timer);
+        match Box::pin(next).await {
             Next::Keep if !guard.tracker().stopping.load(Ordering::Relaxed) => {}
             Next::Linger => {
                 if let Some(b) = buf.take() {
@@ -310,6 +325,7 @@ async fn request(
     peer: SocketAddr,
     req: h1::Request,
     mut out: Vec<u8>,
+    timer: &mut Timer,
 ) -> Next {
     let arrived = Instant::now();
     let meta = &req.meta;
@@ -367,6 +383,7 @@ async fn request(
             &outgoing,
             &mut source,
             &mut resp,
+            timer,
         )
         .await
     } else {
@@ -377,6 +394,7 @@ async fn request(
             &outgoing,
             &mut NoBody,
             &mut resp,
+            timer,
         )
         .await
     };
@@ -518,7 +536,8 @@ async fn relay(
         if done {
             break;
         }
-        match tokio::time::timeout(timeout, answer.conn.read_more()).await {
+        let big = !matches!(relay, Relay::Length(n) if n <= 16 * 1024);
+        match tokio::time::timeout(timeout, answer.conn.read_more(big)).await {
             Ok(Ok(0)) if matches!(relay, Relay::UntilClose) => {
                 keep = false;
                 break;

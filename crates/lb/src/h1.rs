@@ -10,7 +10,6 @@
 //! differing Content-Lengths, or with a transfer coding other than `chunked` is refused (400), so the
 //! balancer and the backend can never disagree on where a request ends (request smuggling).
 
-use std::net::IpAddr;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -272,7 +271,8 @@ pub(crate) struct RequestParts<'a, H> {
     /// Host from an absolute target or `:authority`; it wins over a Host field.
     pub(crate) authority: Option<&'a [u8]>,
     pub(crate) headers: H,
-    pub(crate) peer: IpAddr,
+    /// The client's address as text, for X-Forwarded-For.
+    pub(crate) peer: &'a [u8],
     pub(crate) hash_header: Option<&'a str>,
     /// Whether the body's length is known (HTTP/2 requests without content-length are sent chunked).
     pub(crate) body: ReqBody,
@@ -351,14 +351,7 @@ where
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     out.extend_from_slice(&xff);
-    let mut ip = [0u8; 64];
-    let ip_len = {
-        use std::io::Write;
-        let mut c = std::io::Cursor::new(&mut ip[..]);
-        let _ = write!(c, "{}", p.peer);
-        c.position() as usize
-    };
-    out.extend_from_slice(&ip[..ip_len]);
+    out.extend_from_slice(p.peer);
     out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
     let request_id = request_id.unwrap_or_else(RequestId::generate);
     put(out, b"x-request-id", request_id.as_bytes());
@@ -391,11 +384,11 @@ where
 
 /// Parses a client's HTTP/1.x request head from `buf` and writes the backend's head into `out`.
 /// `Ok(None)`: incomplete (read more, unless `buf` is already at the limit).
-pub(crate) fn parse_request(
-    buf: &[u8],
+pub(crate) fn parse_request<'a>(
+    buf: &'a [u8],
     limit: usize,
-    peer: IpAddr,
-    hash_header: Option<&str>,
+    peer: &'a [u8],
+    hash_header: Option<&'a str>,
     out: &mut Vec<u8>,
 ) -> Result<Option<Request>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -771,8 +764,8 @@ pub(crate) const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 mod tests {
     use super::*;
 
-    fn peer() -> IpAddr {
-        "192.0.2.7".parse().unwrap()
+    fn peer() -> &'static [u8] {
+        b"192.0.2.7"
     }
 
     fn req(raw: &str) -> Result<Option<(Request, String)>, HeadError> {

@@ -101,6 +101,7 @@ async fn handle(
         None => ReqBody::Chunked,
     };
     let mut out = pool::take_vec();
+    let peer_text = peer.ip().to_string();
     let target = parts
         .uri
         .path_and_query()
@@ -118,7 +119,7 @@ async fn handle(
             target: target.as_bytes(),
             authority: parts.uri.authority().map(|a| a.as_str().as_bytes()),
             headers: fields.iter().copied(),
-            peer: peer.ip(),
+            peer: peer_text.as_bytes(),
             hash_header: shared.hash_header(),
             body: framing,
         },
@@ -162,6 +163,7 @@ async fn handle(
         meta: &meta,
     };
     let mut head = pool::take_vec();
+    let mut timer = Box::pin(tokio::time::sleep(shared.settings.response_timeout));
     let result = match streamed {
         Some(mut source) => {
             proxy::forward(
@@ -171,6 +173,7 @@ async fn handle(
                 &outgoing,
                 &mut source,
                 &mut head,
+                &mut timer,
             )
             .await
         }
@@ -182,6 +185,7 @@ async fn handle(
                 &outgoing,
                 &mut NoBody,
                 &mut head,
+                &mut timer,
             )
             .await
         }
@@ -244,7 +248,7 @@ fn response(shared: Arc<Shared>, answer: Answer, head: &[u8]) -> Response<ProxyB
                 if !chunk.is_empty() {
                     return Some((Ok(Frame::data(Bytes::from(chunk))), (answer, relay, shared)));
                 }
-                match tokio::time::timeout(timeout, a.conn.read_more()).await {
+                match tokio::time::timeout(timeout, a.conn.read_more(true)).await {
                     Ok(Ok(0)) if matches!(relay, Relay::UntilClose) => {
                         return Some((Ok(Frame::data(Bytes::new())), (None, relay, shared)));
                     }

@@ -71,7 +71,7 @@ async fn check(b: &Backend, path: &str) -> bool {
             Ok(false) if sink.len() <= 64 * 1024 => {}
             _ => return good,
         }
-        match conn.read_more().await {
+        match conn.read_more(false).await {
             Ok(n) if n > 0 => {}
             _ => return good,
         }

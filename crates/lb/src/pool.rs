@@ -27,8 +27,10 @@ pub type ProxyBody = UnsyncBoxBody<bytes::Bytes, BoxError>;
 
 /// Largest response head a backend may send.
 const RESPONSE_HEAD_LIMIT: usize = 64 * 1024;
-/// Read buffer of a backend connection.
-const CONN_BUF: usize = 16 * 1024;
+/// Read buffer of a backend connection (grown while a large body passes, shrunk back after).
+const CONN_BUF: usize = 4 * 1024;
+/// Reads of a large body go this far at once.
+const BIG_READ: usize = 64 * 1024;
 
 /// Pool settings, the same for every backend.
 #[derive(Debug, Clone)]
@@ -108,10 +110,11 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes into the buffer; 0 at end of stream.
-    pub(crate) async fn read_more(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(CONN_BUF);
+    /// Reads more bytes into the buffer; 0 at end of stream. `big`: a large body is passing, read more at once.
+    pub(crate) async fn read_more(&mut self, big: bool) -> std::io::Result<usize> {
+        let want = if big { BIG_READ } else { 1024 };
+        if self.buf.capacity() - self.buf.len() < want {
+            self.buf.reserve(want.max(CONN_BUF));
         }
         self.stream.read_buf(&mut self.buf).await
     }
@@ -155,7 +158,7 @@ impl Conn {
                 }
                 out.clear();
             }
-            match self.read_more().await {
+            match self.read_more(false).await {
                 Ok(0) if got_any => {
                     return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into()))
                 }
@@ -228,9 +231,12 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read to its end.
-    pub(crate) fn checkin(&self, conn: Conn) {
+    pub(crate) fn checkin(&self, mut conn: Conn) {
         if !conn.buf.is_empty() {
             return;
+        }
+        if conn.buf.capacity() > 2 * CONN_BUF {
+            conn.buf = BytesMut::with_capacity(CONN_BUF);
         }
         if let Ok(mut idle) = self.idle[current_slot()].lock() {
             if idle.len() < self.cfg.max_idle {
@@ -275,8 +281,9 @@ fn current_slot() -> usize {
     SLOT.with(|s| s.get())
 }
 
-/// Buffers kept for reuse per thread: enough for every request in flight on a busy loop; more are freed.
-const RECYCLED: usize = 256;
+/// Buffers kept for reuse per thread: enough for the requests in flight on a busy loop; more are freed
+/// (a burst of connections must not leave its buffers behind).
+const RECYCLED: usize = 32;
 /// Capacity of a client read buffer.
 pub(crate) const CLIENT_BUF: usize = 8 * 1024;
 

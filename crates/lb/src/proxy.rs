@@ -2,6 +2,7 @@
 //! health, metrics, and the problem documents sent when no backend answered.
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -193,6 +194,13 @@ impl BodySource for NoBody {
     }
 }
 
+/// A timer owned by a client connection and reused for each of its requests: moving a deadline later costs
+/// no timer-wheel operation.
+pub(crate) type Timer = Pin<Box<tokio::time::Sleep>>;
+
+/// Most attempts (first try and retries) for one request.
+const MAX_ATTEMPTS: usize = 16;
+
 /// A request as it goes to backends.
 pub(crate) struct Outgoing<'a> {
     /// The head for the backend and, unless `streamed`, the whole body.
@@ -236,12 +244,14 @@ pub(crate) async fn forward<S: BodySource>(
     outgoing: &Outgoing<'_>,
     source: &mut S,
     resp_out: &mut Vec<u8>,
+    timer: &mut Timer,
 ) -> Result<Answer, Problem> {
     shared.budget.deposit();
-    let mut tried: Vec<usize> = Vec::new();
+    // Backends tried so far: `tried[..attempt]`.
+    let mut tried = [0usize; MAX_ATTEMPTS];
     let mut last: Option<(std::net::SocketAddr, Failure)> = None;
     let members = shared.members.load();
-    let max_attempts = 1 + shared.settings.max_retries as usize;
+    let max_attempts = (1 + shared.settings.max_retries as usize).min(MAX_ATTEMPTS);
     let ctx = PickContext {
         client_ip: peer,
         hash_header: outgoing.meta.hash_value.as_deref(),
@@ -262,13 +272,13 @@ pub(crate) async fn forward<S: BodySource>(
                     metrics::counter!("lb_retries_denied_total").increment(1);
                     break;
                 }
-                match pick(&tried) {
+                match pick(&tried[..attempt]) {
                     Some(i) => i,
                     None => break,
                 }
             }
         };
-        tried.push(i);
+        tried[attempt] = i;
         if attempt > 0 {
             metrics::counter!("lb_retries_total").increment(1);
         }
@@ -276,7 +286,8 @@ pub(crate) async fn forward<S: BodySource>(
         let in_flight = backend.start();
         let started = Instant::now();
         resp_out.clear();
-        let (conn, head) = match exchange(shared, &backend, outgoing, source, resp_out).await {
+        let (conn, head) = match exchange(shared, &backend, outgoing, source, resp_out, timer).await
+        {
             Ok(x) => x,
             Err(Attempt::Body(e)) => {
                 return Err(match e {
@@ -338,7 +349,7 @@ pub(crate) async fn forward<S: BodySource>(
         backend.metrics.latency.record(upstream.as_secs_f64());
         if matches!(status, 502..=504) && outgoing.replayable() && attempt + 1 < max_attempts {
             // Give up this answer only when another backend can take the request and the budget allows.
-            if let Some(j) = pick(&tried) {
+            if let Some(j) = pick(&tried[..=attempt]) {
                 if shared.budget.try_withdraw() {
                     chosen = Some(j);
                     last = Some((
@@ -403,6 +414,7 @@ async fn exchange<S: BodySource>(
     outgoing: &Outgoing<'_>,
     source: &mut S,
     resp_out: &mut Vec<u8>,
+    timer: &mut Timer,
 ) -> Result<(Conn, h1::Response), Attempt> {
     let meta = outgoing.meta;
     for _ in 0..4 {
@@ -422,11 +434,14 @@ async fn exchange<S: BodySource>(
         if outgoing.streamed {
             source.pump(&mut conn.stream).await.map_err(Attempt::Body)?;
         }
-        let read = tokio::time::timeout(
-            shared.settings.response_timeout,
-            conn.read_head(meta.head, &meta.request_id, resp_out),
-        )
-        .await;
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + shared.settings.response_timeout);
+        let read = tokio::select! {
+            biased;
+            r = conn.read_head(meta.head, &meta.request_id, resp_out) => Ok(r),
+            _ = timer.as_mut() => Err(()),
+        };
         match read {
             Ok(Ok(head)) => return Ok((conn, head)),
             // A pooled connection the backend closed just as we wrote: for a request safe to repeat
