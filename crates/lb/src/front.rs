@@ -189,11 +189,49 @@ async fn read_into(
     stream.read_buf(buf).await
 }
 
+/// A client connection's read buffer, held only while a request is being read or proxied, and counted
+/// (`lb_client_buffers_held`) so that an idle connection's cost can be seen.
+struct BufSlot<'a> {
+    buf: Option<BytesMut>,
+    held: &'a std::sync::atomic::AtomicI64,
+}
+
+impl BufSlot<'_> {
+    fn get(&mut self) -> &mut BytesMut {
+        let held = self.held;
+        self.buf.get_or_insert_with(|| {
+            held.fetch_add(1, Ordering::Relaxed);
+            pool::take_buf()
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.as_ref().is_none_or(|b| b.is_empty())
+    }
+
+    /// Gives the buffer back (when it holds nothing, or unconditionally at the end).
+    fn release(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            pool::give_buf(b);
+        }
+    }
+}
+
+impl Drop for BufSlot<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// One client connection.
 async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr, guard: Guard) {
     let settings = &shared.settings;
     let header_timeout = settings.limits.header_read_timeout;
-    let mut buf: Option<BytesMut> = None;
+    let mut buf = BufSlot {
+        buf: None,
+        held: &shared.client_buffers,
+    };
     let mut first = true;
     let peer_text = peer.ip().to_string();
     // Two timers for the connection's life, moved on for each request (see `Timer`).
@@ -201,7 +239,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
     let mut response_timer: Timer = Box::pin(tokio::time::sleep(settings.response_timeout));
     loop {
         // Wait for the next request without holding a buffer.
-        if buf.as_ref().is_none_or(|b| b.is_empty()) {
+        if buf.is_empty() {
             let limit = if first {
                 header_timeout
             } else {
@@ -211,7 +249,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
                 break;
             }
         }
-        let b = buf.get_or_insert_with(pool::take_buf);
+        let b = buf.get();
         let mut out = pool::take_vec();
         let head_deadline = tokio::time::Instant::now() + header_timeout;
         // Read until the head is complete.
@@ -224,7 +262,11 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
                     if b.len() >= H2_PREFACE.len() {
                         pool::give_vec(out);
                         let pre = b.split().freeze();
-                        crate::h2::serve_connection(shared.clone(), stream, pre, peer, guard).await;
+                        buf.release();
+                        // Boxed: an HTTP/1 connection's future stays small.
+                        let h2 =
+                            crate::h2::serve_connection(shared.clone(), stream, pre, peer, guard);
+                        Box::pin(h2).await;
                         return;
                     }
                 } else {
@@ -270,7 +312,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
                 p.write_h1(&h1::RequestId::generate(), true, &mut out);
                 let _ = stream.write_all(&out).await;
                 pool::give_vec(out);
-                linger_close(stream).await;
+                Box::pin(linger_close(stream)).await;
                 return;
             }
         };
@@ -279,23 +321,17 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
         match Box::pin(next).await {
             Next::Keep if !guard.tracker().stopping.load(Ordering::Relaxed) => {}
             Next::Linger => {
-                if let Some(b) = buf.take() {
-                    pool::give_buf(b);
-                }
-                linger_close(stream).await;
+                buf.release();
+                Box::pin(linger_close(stream)).await;
                 return;
             }
             _ => break,
         }
-        if buf.as_ref().is_some_and(|b| b.is_empty()) {
-            if let Some(b) = buf.take() {
-                pool::give_buf(b);
-            }
+        if buf.is_empty() {
+            buf.release();
         }
     }
-    if let Some(b) = buf.take() {
-        pool::give_buf(b);
-    }
+    buf.release();
     let _ = stream.shutdown().await;
 }
 

@@ -80,6 +80,8 @@ pub(crate) struct Shared {
     pub(crate) picker: Picker,
     pub(crate) settings: Settings,
     pub(crate) budget: RetryBudget,
+    /// Read buffers client connections hold now (an idle connection holds none).
+    pub(crate) client_buffers: std::sync::atomic::AtomicI64,
 }
 
 /// A load balancer. Cheap to clone; clones share everything.
@@ -169,6 +171,7 @@ impl Lb {
                 picker: Picker::new(algorithm),
                 settings,
                 budget: RetryBudget::new(cfg.retry_budget_percent),
+                client_buffers: std::sync::atomic::AtomicI64::new(0),
             }),
         };
         for b in &cfg.backends {
@@ -407,8 +410,18 @@ impl Lb {
         &self.shared.picker.algorithm
     }
 
+    /// Read buffers held by client connections now: one per connection reading or proxying a request,
+    /// none for an idle keep-alive connection.
+    pub fn client_buffers_held(&self) -> u64 {
+        self.shared
+            .client_buffers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0) as u64
+    }
+
     /// Prometheus text of the balancer's metrics.
     pub fn render_metrics(&self) -> String {
+        metrics::gauge!("lb_client_buffers_held").set(self.client_buffers_held() as f64);
         for b in self.shared.members.load().backends.iter() {
             let a = b.addr.to_string();
             metrics::gauge!("lb_backend_in_flight", "backend" => a.clone())

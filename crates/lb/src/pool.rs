@@ -285,7 +285,7 @@ fn current_slot() -> usize {
 /// (a burst of connections must not leave its buffers behind).
 const RECYCLED: usize = 32;
 /// Capacity of a client read buffer.
-pub(crate) const CLIENT_BUF: usize = 8 * 1024;
+pub(crate) const CLIENT_BUF: usize = 4 * 1024;
 
 /// An empty buffer for a message head, recycled when possible.
 pub(crate) fn take_vec() -> Vec<u8> {

@@ -348,3 +348,40 @@ async fn idle_clients_are_closed_after_the_idle_timeout() {
     assert!(text(&got).starts_with("HTTP/1.1 200"));
     assert!(closed && started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_hold_no_buffer() {
+    let b = TestBackend::start("a").await;
+    let lb = TestLb::start(config("round-robin"), &[&b]).await;
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    for s in &mut conns {
+        let (got, closed) = read_until(s, |g| g.ends_with(b"a")).await;
+        assert!(!closed && text(&got).starts_with("HTTP/1.1 200"));
+    }
+    // Every connection is open and idle: none holds a read buffer (each gives it back just after its
+    // answer was written, so allow a moment).
+    assert_eq!(held_settles_at(&lb, 0).await, 0);
+    // One sends half a head: it holds one while it waits for the rest.
+    conns[0].write_all(b"GET /x HTTP/1.1\r\n").await.unwrap();
+    assert_eq!(held_settles_at(&lb, 1).await, 1);
+    conns[0].write_all(b"Host: x\r\n\r\n").await.unwrap();
+    let (got, _) = read_until(&mut conns[0], |g| g.ends_with(b"a")).await;
+    assert!(text(&got).starts_with("HTTP/1.1 200"));
+    assert_eq!(held_settles_at(&lb, 0).await, 0);
+}
+
+/// The balancer's count of held client buffers once it reaches `want`, or after 5 s, whatever it is then.
+async fn held_settles_at(lb: &TestLb, want: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lb.lb.client_buffers_held() != want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lb.lb.client_buffers_held()
+}
