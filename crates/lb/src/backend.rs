@@ -76,7 +76,8 @@ pub struct Backend {
 #[derive(Debug)]
 pub(crate) struct BackendMetrics {
     pub(crate) requests: metrics::Counter,
-    pub(crate) latency: metrics::Histogram,
+    /// `lb_backend_latency_seconds`, rendered by `Lb::render_metrics`.
+    pub(crate) latency: crate::hist::Histogram,
     pub(crate) ejections: metrics::Counter,
 }
 
@@ -85,7 +86,7 @@ impl BackendMetrics {
         let a = addr.to_string();
         BackendMetrics {
             requests: metrics::counter!("lb_backend_requests_total", "backend" => a.clone()),
-            latency: metrics::histogram!("lb_backend_latency_seconds", "backend" => a.clone()),
+            latency: crate::hist::Histogram::default(),
             ejections: metrics::counter!("lb_backend_ejections_total", "backend" => a),
         }
     }

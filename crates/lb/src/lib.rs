@@ -19,6 +19,7 @@ mod front;
 mod h1;
 mod h2;
 mod health;
+mod hist;
 mod pool;
 mod proxy;
 
@@ -443,7 +444,17 @@ impl Lb {
         }
         let h = prometheus();
         h.run_upkeep();
-        h.render()
+        let mut out = h.render();
+        out.push_str("# HELP lb_added_latency_seconds Time the balancer itself adds to a request (to the answer's head, minus the backend's time)\n# TYPE lb_added_latency_seconds histogram\n");
+        proxy::added_latency().render("lb_added_latency_seconds", "", &mut out);
+        out.push_str("# HELP lb_backend_latency_seconds Time from sending a request to a backend to its answer's head\n# TYPE lb_backend_latency_seconds histogram\n");
+        for b in self.shared.members.load().backends.iter() {
+            let labels = format!("backend=\"{}\"", b.addr);
+            b.metrics
+                .latency
+                .render("lb_backend_latency_seconds", &labels, &mut out);
+        }
+        out
     }
 }
 

@@ -265,7 +265,7 @@ thread_local! {
 }
 
 /// Most per-core loops a pool keeps stacks for.
-fn max_loops() -> usize {
+pub(crate) fn max_loops() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -277,7 +277,8 @@ pub(crate) fn set_loop_slot(i: usize) {
     SLOT.with(|s| s.set((i + 1).min(max_loops())));
 }
 
-fn current_slot() -> usize {
+/// The event loop this thread runs (0: the main runtime).
+pub(crate) fn current_slot() -> usize {
     SLOT.with(|s| s.get())
 }
 

@@ -16,10 +16,10 @@ use crate::h1::{self, RequestId, RequestMeta};
 use crate::pool::{Conn, ReadError};
 use crate::Shared;
 
-/// The balancer-added latency histogram, registered once rather than looked up per request.
-pub(crate) fn added_latency() -> &'static metrics::Histogram {
-    static H: std::sync::OnceLock<metrics::Histogram> = std::sync::OnceLock::new();
-    H.get_or_init(|| metrics::histogram!("lb_added_latency_seconds"))
+/// The balancer-added latency histogram (`lb_added_latency_seconds`), one for the process.
+pub(crate) fn added_latency() -> &'static crate::hist::Histogram {
+    static H: std::sync::OnceLock<crate::hist::Histogram> = std::sync::OnceLock::new();
+    H.get_or_init(crate::hist::Histogram::default)
 }
 
 /// Request bodies up to this size are read before a backend is chosen and sent with the head in one
@@ -346,7 +346,7 @@ pub(crate) async fn forward<S: BodySource>(
         } else {
             backend.observe_success(upstream);
         }
-        backend.metrics.latency.record(upstream.as_secs_f64());
+        backend.metrics.latency.record(upstream);
         if matches!(status, 502..=504) && outgoing.replayable() && attempt + 1 < max_attempts {
             // Give up this answer only when another backend can take the request and the budget allows.
             if let Some(j) = pick(&tried[..=attempt]) {
@@ -361,7 +361,7 @@ pub(crate) async fn forward<S: BodySource>(
                 metrics::counter!("lb_retries_denied_total").increment(1);
             }
         }
-        added_latency().record(arrived.elapsed().saturating_sub(upstream).as_secs_f64());
+        added_latency().record(arrived.elapsed().saturating_sub(upstream));
         return Ok(Answer {
             conn,
             head,
