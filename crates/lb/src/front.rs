@@ -251,7 +251,9 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
         }
         let b = buf.get();
         let mut out = pool::take_vec();
-        let head_deadline = tokio::time::Instant::now() + header_timeout;
+        // When reading the head began: the balancer's own time on a request counts from here.
+        let arrived = tokio::time::Instant::now();
+        let head_deadline = arrived + header_timeout;
         // Read until the head is complete.
         let parsed = loop {
             if !b.is_empty() {
@@ -317,7 +319,12 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
             }
         };
         b.advance(req.len);
-        let next = request(&shared, &mut stream, b, peer, req, out, &mut response_timer);
+        let parsed = Parsed {
+            req,
+            out,
+            arrived: arrived.into_std(),
+        };
+        let next = request(&shared, &mut stream, b, peer, parsed, &mut response_timer);
         match Box::pin(next).await {
             Next::Keep if !guard.tracker().stopping.load(Ordering::Relaxed) => {}
             Next::Linger => {
@@ -353,17 +360,27 @@ async fn linger_close(mut stream: TcpStream) {
     .await;
 }
 
+/// A request head just parsed: what the balancer knows of it, the backend's head, and when reading began.
+struct Parsed {
+    req: h1::Request,
+    out: Vec<u8>,
+    arrived: Instant,
+}
+
 /// Proxies one request whose head was parsed (and consumed from `buf`); `out` holds the backend's head.
 async fn request(
     shared: &Shared,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     peer: SocketAddr,
-    req: h1::Request,
-    mut out: Vec<u8>,
+    parsed: Parsed,
     timer: &mut Timer,
 ) -> Next {
-    let arrived = Instant::now();
+    let Parsed {
+        req,
+        mut out,
+        arrived,
+    } = parsed;
     let meta = &req.meta;
     let limit = shared.settings.body_limit;
     let idle = shared.settings.client_idle_timeout;
@@ -412,27 +429,9 @@ async fn request(
             idle,
             send_continue: meta.expect_continue,
         };
-        proxy::forward(
-            shared,
-            peer.ip(),
-            arrived,
-            &outgoing,
-            &mut source,
-            &mut resp,
-            timer,
-        )
-        .await
+        proxy::forward(shared, peer.ip(), &outgoing, &mut source, &mut resp, timer).await
     } else {
-        proxy::forward(
-            shared,
-            peer.ip(),
-            arrived,
-            &outgoing,
-            &mut NoBody,
-            &mut resp,
-            timer,
-        )
-        .await
+        proxy::forward(shared, peer.ip(), &outgoing, &mut NoBody, &mut resp, timer).await
     };
     pool::give_vec(out);
     let next = match result {
@@ -444,6 +443,7 @@ async fn request(
                 &mut resp,
                 req.minor,
                 meta.keep_alive,
+                arrived,
             )
             .await
             {
@@ -538,6 +538,7 @@ async fn relay(
     resp: &mut Vec<u8>,
     minor: u8,
     client_keep_alive: bool,
+    arrived: Instant,
 ) -> bool {
     let (mut relay, mut keep) = match answer.head.body {
         RespBody::Empty | RespBody::Length(0) => (Relay::Done, client_keep_alive),
@@ -556,6 +557,7 @@ async fn relay(
     }
     resp.extend_from_slice(b"\r\n");
     let timeout = shared.settings.response_timeout;
+    let mut first_write = true;
     loop {
         let done = match relay.take(&mut answer.conn.buf, resp) {
             Ok(d) => d,
@@ -567,6 +569,12 @@ async fn relay(
         };
         if !resp.is_empty() && stream.write_all(resp).await.is_err() {
             return false;
+        }
+        if first_write {
+            first_write = false;
+            // Reading the head, forwarding it, and writing the answer's head, without the backend's time.
+            let total = arrived.elapsed();
+            proxy::added_latency().record(total.saturating_sub(answer.upstream));
         }
         resp.clear();
         if done {

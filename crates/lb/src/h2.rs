@@ -169,7 +169,6 @@ async fn handle(
             proxy::forward(
                 &shared,
                 peer.ip(),
-                arrived,
                 &outgoing,
                 &mut source,
                 &mut head,
@@ -181,7 +180,6 @@ async fn handle(
             proxy::forward(
                 &shared,
                 peer.ip(),
-                arrived,
                 &outgoing,
                 &mut NoBody,
                 &mut head,
@@ -192,7 +190,12 @@ async fn handle(
     };
     pool::give_vec(out);
     let r = match result {
-        Ok(answer) => response(shared, answer, &head),
+        Ok(answer) => {
+            let upstream = answer.upstream;
+            let r = response(shared, answer, &head);
+            proxy::added_latency().record(arrived.elapsed().saturating_sub(upstream));
+            r
+        }
         Err(p) => problem_response(&p, &meta.request_id),
     };
     pool::give_vec(head);

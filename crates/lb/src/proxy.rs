@@ -223,6 +223,8 @@ pub(crate) struct Answer {
     pub(crate) head: h1::Response,
     pub(crate) backend: Arc<Backend>,
     pub(crate) _in_flight: InFlight,
+    /// From sending the request to the answer's head (the backend's share of the latency).
+    pub(crate) upstream: std::time::Duration,
 }
 
 impl Answer {
@@ -240,7 +242,6 @@ impl Answer {
 pub(crate) async fn forward<S: BodySource>(
     shared: &Shared,
     peer: IpAddr,
-    arrived: Instant,
     outgoing: &Outgoing<'_>,
     source: &mut S,
     resp_out: &mut Vec<u8>,
@@ -361,12 +362,12 @@ pub(crate) async fn forward<S: BodySource>(
                 metrics::counter!("lb_retries_denied_total").increment(1);
             }
         }
-        added_latency().record(arrived.elapsed().saturating_sub(upstream));
         return Ok(Answer {
             conn,
             head,
             backend,
             _in_flight: in_flight,
+            upstream,
         });
     }
     Err(match last {
