@@ -177,6 +177,23 @@ async fn readable(
     }
 }
 
+/// Writes all of `bytes` to a client within `limit` (a client that stops reading is dropped); false when
+/// the client failed or stalled. The common case, a socket that takes it all at once, arms no timer.
+async fn write_within(stream: &mut TcpStream, bytes: &[u8], limit: Duration) -> bool {
+    let done = match stream.try_write(bytes) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => return false,
+    };
+    if done == bytes.len() {
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(limit, stream.write_all(&bytes[done..])).await,
+        Ok(Ok(()))
+    )
+}
+
 /// Reads into `buf` (growing it when nearly full); 0 at end of stream.
 async fn read_into(
     stream: &mut TcpStream,
@@ -311,14 +328,19 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
                     HeadError::Method => Problem::method("CONNECT"),
                 };
                 out.clear();
-                p.write_h1(&h1::RequestId::generate(), true, &mut out);
-                let _ = stream.write_all(&out).await;
+                p.write_h1(&h1::RequestId::generate(), true, false, &mut out);
+                let _ = write_within(&mut stream, &out, header_timeout).await;
                 pool::give_vec(out);
                 Box::pin(linger_close(stream)).await;
                 return;
             }
         };
         b.advance(req.len);
+        let mut req = req;
+        if guard.tracker().stopping.load(Ordering::Relaxed) {
+            // Shutting down: this answer tells the client to go elsewhere for the next request.
+            req.meta.keep_alive = false;
+        }
         let parsed = Parsed {
             req,
             out,
@@ -388,7 +410,15 @@ async fn request(
     // Small bodies go with the head; larger ones stream.
     let streamed = match meta.body {
         ReqBody::Length(n) if n > limit => {
-            refuse(stream, Problem::too_large(limit), meta, &mut resp, false).await;
+            refuse(
+                stream,
+                Problem::too_large(limit),
+                meta,
+                &mut resp,
+                false,
+                idle,
+            )
+            .await;
             pool::give_vec(out);
             pool::give_vec(resp);
             return Next::Linger;
@@ -396,7 +426,7 @@ async fn request(
         ReqBody::Length(n) if n <= REPLAY_LIMIT => {
             let n = n as usize;
             if meta.expect_continue && buf.len() < n {
-                let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                let _ = write_within(stream, b"HTTP/1.1 100 Continue\r\n\r\n", idle).await;
             }
             while buf.len() < n {
                 match tokio::time::timeout(idle, read_into(stream, buf, n - buf.len())).await {
@@ -427,6 +457,7 @@ async fn request(
             body: meta.body,
             limit,
             idle,
+            backend_timeout: shared.settings.response_timeout,
             send_continue: meta.expect_continue,
         };
         proxy::forward(shared, peer.ip(), &outgoing, &mut source, &mut resp, timer).await
@@ -435,6 +466,10 @@ async fn request(
     };
     pool::give_vec(out);
     let next = match result {
+        Ok(answer) if answer.request_body_unread => {
+            relay(shared, stream, answer, &mut resp, req.minor, false, arrived).await;
+            Next::Linger
+        }
         Ok(answer) => {
             match relay(
                 shared,
@@ -453,10 +488,10 @@ async fn request(
         }
         // A streamed body was left half read: the connection cannot take another request.
         Err(p) if streamed => {
-            refuse(stream, p, meta, &mut resp, false).await;
+            refuse(stream, p, meta, &mut resp, false, idle).await;
             Next::Linger
         }
-        Err(p) => match refuse(stream, p, meta, &mut resp, true).await {
+        Err(p) => match refuse(stream, p, meta, &mut resp, true, idle).await {
             true => Next::Keep,
             false => Next::Close,
         },
@@ -472,14 +507,13 @@ async fn refuse(
     meta: &h1::RequestMeta,
     resp: &mut Vec<u8>,
     reusable: bool,
+    limit: Duration,
 ) -> bool {
     let keep = reusable && meta.keep_alive;
     resp.clear();
-    p.write_h1(&meta.request_id, !keep, resp);
-    if stream.write_all(resp).await.is_err() {
-        return false;
-    }
-    keep
+    // The answer to a HEAD request has no body, whatever its Content-Length says.
+    p.write_h1(&meta.request_id, !keep, meta.head, resp);
+    write_within(stream, resp, limit).await && keep
 }
 
 /// How a response body reaches the client.
@@ -567,7 +601,9 @@ async fn relay(
                 return false;
             }
         };
-        if !resp.is_empty() && stream.write_all(resp).await.is_err() {
+        if !resp.is_empty()
+            && !write_within(stream, resp, shared.settings.client_idle_timeout).await
+        {
             return false;
         }
         if first_write {
@@ -601,6 +637,19 @@ async fn relay(
     keep
 }
 
+/// Writes part of a request body to a backend within `limit` (a backend that stops reading fails it).
+pub(crate) async fn write_backend(
+    to: &mut TcpStream,
+    bytes: &[u8],
+    limit: Duration,
+) -> Result<(), PumpError> {
+    match tokio::time::timeout(limit, to.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PumpError::Backend(e)),
+        Err(_) => Err(PumpError::Backend(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
 /// A request body streamed from an HTTP/1 client.
 struct H1Body<'a> {
     stream: &'a mut TcpStream,
@@ -608,6 +657,7 @@ struct H1Body<'a> {
     body: ReqBody,
     limit: u64,
     idle: Duration,
+    backend_timeout: Duration,
     send_continue: bool,
 }
 
@@ -615,11 +665,10 @@ impl H1Body<'_> {
     async fn fill(&mut self) -> Result<(), PumpError> {
         if self.send_continue {
             self.send_continue = false;
-            if self.buf.is_empty() {
-                self.stream
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .map_err(|e| PumpError::Client(e.to_string()))?;
+            if self.buf.is_empty()
+                && !write_within(self.stream, b"HTTP/1.1 100 Continue\r\n\r\n", self.idle).await
+            {
+                return Err(PumpError::Client("the client stopped reading".into()));
             }
         }
         if !self.buf.is_empty() {
@@ -646,28 +695,36 @@ impl BodySource for H1Body<'_> {
                 while n > 0 {
                     self.fill().await?;
                     let take = n.min(self.buf.len() as u64) as usize;
-                    to.write_all(&self.buf[..take])
-                        .await
-                        .map_err(PumpError::Backend)?;
+                    let chunk = &self.buf[..take];
+                    write_backend(to, chunk, self.backend_timeout).await?;
                     self.buf.advance(take);
                     n -= take as u64;
                 }
                 Ok(())
             }
             ReqBody::Chunked => {
+                // Re-framed rather than passed on: the backend never sees the client's chunk sizes,
+                // extensions or trailers, so the two cannot read the framing differently.
                 let mut c = h1::Chunked::default();
                 let mut total = 0u64;
+                let mut framed = Vec::new();
                 while !c.done() {
                     self.fill().await?;
+                    framed.clear();
+                    let input = &self.buf[..];
                     let used = c
-                        .feed(self.buf, |r| total += r.len() as u64)
+                        .feed(input, |r| {
+                            total += r.len() as u64;
+                            h1::put_chunk(&mut framed, &input[r]);
+                        })
                         .map_err(|e| PumpError::Client(e.into()))?;
                     if total > self.limit {
                         return Err(PumpError::TooLarge);
                     }
-                    to.write_all(&self.buf[..used])
-                        .await
-                        .map_err(PumpError::Backend)?;
+                    if c.done() {
+                        framed.extend_from_slice(h1::LAST_CHUNK);
+                    }
+                    write_backend(to, &framed, self.backend_timeout).await?;
                     self.buf.advance(used);
                 }
                 Ok(())

@@ -10,6 +10,7 @@
 //! differing Content-Lengths, or with a transfer coding other than `chunked` is refused (400), so the
 //! balancer and the backend can never disagree on where a request ends (request smuggling).
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -226,15 +227,15 @@ pub(crate) fn put_u64(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// The request's target in origin form, and the authority of an absolute-form target.
-fn origin_form<'a>(
-    target: &'a [u8],
-    method: &[u8],
-) -> Result<(&'a [u8], Option<&'a [u8]>), HeadError> {
+/// A request target in origin form, and the authority an absolute-form target named.
+type Target<'a> = (Cow<'a, [u8]>, Option<&'a [u8]>);
+
+fn origin_form<'a>(target: &'a [u8], method: &[u8]) -> Result<Target<'a>, HeadError> {
     if target.first() == Some(&b'/') {
-        return Ok((target, None));
+        return Ok((Cow::Borrowed(target), None));
     }
     if target == b"*" && method == b"OPTIONS" {
-        return Ok((target, None));
+        return Ok((Cow::Borrowed(target), None));
     }
     let rest = if target.len() > 7 && target[..7].eq_ignore_ascii_case(b"http://") {
         &target[7..]
@@ -253,14 +254,21 @@ fn origin_form<'a>(
     if authority.is_empty() {
         return Err(HeadError::Malformed("the request target has no host"));
     }
-    Ok((
-        if path.first() == Some(&b'/') {
-            path
-        } else {
-            b"/"
-        },
-        Some(authority),
-    ))
+    // "http://host?q" has an empty path: it is "/?q" (RFC 9112 §3.2.2); a fragment is not sent.
+    let path = match path.iter().position(|b| *b == b'#') {
+        Some(f) => &path[..f],
+        None => path,
+    };
+    let path = match path.first() {
+        Some(b'/') => Cow::Borrowed(path),
+        _ => {
+            let mut p = Vec::with_capacity(path.len() + 1);
+            p.push(b'/');
+            p.extend_from_slice(path);
+            Cow::Owned(p)
+        }
+    };
+    Ok((path, Some(authority)))
 }
 
 /// The part of a request head that does not depend on the wire format (HTTP/1 or HTTP/2).
@@ -304,7 +312,8 @@ where
     let mut hash_value = None;
     let mut xff = Vec::new();
     for (n, v) in p.headers {
-        if hop_by_hop(n) || conn.names(n) {
+        // Connection may name hop-by-hop fields, but never Host.
+        if hop_by_hop(n) || (conn.names(n) && !is(n, b"host")) {
             continue;
         }
         if let Some(h) = p.hash_header {
@@ -341,7 +350,7 @@ where
             }
             16 if is(n, b"x-forwarded-host") => continue,
             17 if is(n, b"x-forwarded-proto") => continue,
-            15 if is(n, b"idempotency-key") => idempotency_key = true,
+            15 if is(n, b"idempotency-key") => idempotency_key |= !trim(v).is_empty(),
             _ => {}
         }
         put(out, n, v);
@@ -418,6 +427,16 @@ pub(crate) fn parse_request<'a>(
         return Err(HeadError::Method);
     }
     let (target, authority) = origin_form(req.path.unwrap_or("/").as_bytes(), method)?;
+    let hosts = req
+        .headers
+        .iter()
+        .filter(|h| is(h.name.as_bytes(), b"host"))
+        .count();
+    if hosts > 1 || (hosts == 0 && minor == 1 && authority.is_none()) {
+        return Err(HeadError::Malformed(
+            "an HTTP/1.1 request needs exactly one Host field",
+        ));
+    }
     let headers = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
     // Framing (RFC 9112 §6): refuse anything two parsers could read differently.
     let mut length: Option<u64> = None;
@@ -456,7 +475,7 @@ pub(crate) fn parse_request<'a>(
     let mut meta = forward_request(
         RequestParts {
             method,
-            target,
+            target: &target,
             authority,
             headers,
             peer,
@@ -467,6 +486,8 @@ pub(crate) fn parse_request<'a>(
     )?;
     if minor == 0 {
         meta.keep_alive = meta.keep_alive && client_keep_alive_token;
+        // An HTTP/1.0 client cannot expect 100 Continue (RFC 9110 §10.1.1).
+        meta.expect_continue = false;
     }
     Ok(Some(Request { meta, len, minor }))
 }
@@ -516,6 +537,9 @@ pub(crate) fn parse_response(
         }
     };
     let status = resp.code.unwrap_or(502);
+    if status < 100 {
+        return Err(HeadError::Malformed("invalid status code"));
+    }
     let minor = resp.version.unwrap_or(1);
     let headers = || resp.headers.iter().map(|h| (h.name.as_bytes(), h.value));
     let conn = ConnectionTokens::read(headers());
@@ -540,8 +564,11 @@ pub(crate) fn parse_response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut length_at: Option<Range<usize>> = None;
+    let mut coded = false;
     for (n, v) in headers() {
         if is(n, b"transfer-encoding") {
+            // The codings of every field, in order: chunked only counts when it is the last one.
+            coded = true;
             chunked = tokens(v)
                 .last()
                 .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
@@ -583,14 +610,20 @@ pub(crate) fn parse_response(
     let mut reusable = minor == 1 && !conn.close;
     let body = if no_body {
         RespBody::Empty
-    } else if chunked {
+    } else if coded {
         if let Some(r) = length_at {
             // Transfer-Encoding wins over Content-Length (RFC 9112 §6.3); the length is not passed on and
             // the connection is not trusted further.
             out.drain(r);
             reusable = false;
         }
-        RespBody::Chunked
+        if chunked {
+            RespBody::Chunked
+        } else {
+            // A coding other than chunked last: the body runs until the backend closes.
+            reusable = false;
+            RespBody::UntilClose
+        }
     } else if let Some(n) = length {
         RespBody::Length(n)
     } else {
@@ -672,8 +705,11 @@ impl Chunked {
                     if self.overhead > CHUNK_OVERHEAD_LIMIT {
                         return Err("chunk extensions too large");
                     }
-                    if b == b'\r' {
-                        self.state = ChunkState::SizeLf;
+                    // A bare LF or other control byte could end the line for another parser: refuse it.
+                    match b {
+                        b'\r' => self.state = ChunkState::SizeLf,
+                        b'\t' | b' '..=b'~' | 0x80..=0xff => {}
+                        _ => return Err("invalid chunk extension"),
                     }
                 }
                 ChunkState::SizeLf => {
@@ -711,10 +747,10 @@ impl Chunked {
                     self.state = ChunkState::Size;
                 }
                 ChunkState::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        ChunkState::LastLf
-                    } else {
-                        ChunkState::Trailer
+                    self.state = match b {
+                        b'\r' => ChunkState::LastLf,
+                        b'\t' | b' '..=b'~' | 0x80..=0xff => ChunkState::Trailer,
+                        _ => return Err("invalid trailer line"),
                     };
                 }
                 ChunkState::Trailer => {
@@ -722,8 +758,10 @@ impl Chunked {
                     if self.overhead > CHUNK_OVERHEAD_LIMIT {
                         return Err("trailer section too large");
                     }
-                    if b == b'\r' {
-                        self.state = ChunkState::TrailerLf;
+                    match b {
+                        b'\r' => self.state = ChunkState::TrailerLf,
+                        b'\t' | b' '..=b'~' | 0x80..=0xff => {}
+                        _ => return Err("invalid trailer line"),
                     }
                 }
                 ChunkState::TrailerLf => {
@@ -811,11 +849,13 @@ mod tests {
             2,
             "host and x-forwarded-host: {out}"
         );
-        let (_, out) = req("OPTIONS * HTTP/1.1\r\n\r\n").unwrap().unwrap();
-        assert!(out.starts_with("OPTIONS * HTTP/1.1\r\n"));
-        assert!(req("GET foo HTTP/1.1\r\n\r\n").is_err());
+        let (_, out) = req("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(out.starts_with("OPTIONS * HTTP/1.1\r\nhost: a\r\n"));
+        assert!(req("GET foo HTTP/1.1\r\nHost: a\r\n\r\n").is_err());
         assert_eq!(
-            req("CONNECT a:443 HTTP/1.1\r\n\r\n").unwrap_err(),
+            req("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap_err(),
             HeadError::Method
         );
     }
@@ -823,25 +863,26 @@ mod tests {
     #[test]
     fn ambiguous_framing_is_refused() {
         for raw in [
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
-            "POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(matches!(req(raw), Err(HeadError::Malformed(_))), "{raw:?}");
         }
-        let (r, out) = req("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")
+        let (r, out) = req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(r.meta.body, ReqBody::Length(5));
         assert!(out.contains("content-length: 5\r\n") && !r.meta.safe);
-        let (r, out) =
-            req("PUT / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nIdempotency-Key: k\r\n\r\n")
-                .unwrap()
-                .unwrap();
+        let (r, out) = req(
+            "PUT / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\nIdempotency-Key: k\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(r.meta.body, ReqBody::Chunked);
         assert!(out.contains("transfer-encoding: chunked\r\n") && r.meta.safe);
     }
@@ -849,11 +890,14 @@ mod tests {
     #[test]
     fn limits_and_partial_heads() {
         assert!(req("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
         assert_eq!(req(&big).unwrap_err(), HeadError::TooLarge);
         let many: String = (0..150).map(|i| format!("X-{i}: 1\r\n")).collect();
         assert_eq!(
-            req(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),
+            req(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")).unwrap_err(),
             HeadError::TooLarge
         );
         assert!(matches!(
@@ -863,10 +907,50 @@ mod tests {
     }
 
     #[test]
+    fn host_is_required_once_and_never_dropped() {
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(req("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        let (_, out) = req("GET / HTTP/1.1\r\nHost: a\r\nConnection: host\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(out.contains("host: a\r\n"), "{out}");
+        let (_, out) = req("GET http://h?x=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.starts_with("GET /?x=1 HTTP/1.1\r\nhost: h\r\n"),
+            "{out}"
+        );
+        let (r, _) = req("POST / HTTP/1.0\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(
+            !r.meta.expect_continue,
+            "HTTP/1.0 clients cannot expect 100 Continue"
+        );
+        let (r, _) = req("POST / HTTP/1.1\r\nHost: a\r\nIdempotency-Key: \r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(
+            !r.meta.safe,
+            "an empty Idempotency-Key does not make a POST safe to repeat"
+        );
+    }
+
+    #[test]
     fn keep_alive_follows_the_version_and_connection() {
         let ka = |raw: &str| req(raw).unwrap().unwrap().0.meta.keep_alive;
-        assert!(ka("GET / HTTP/1.1\r\n\r\n"));
-        assert!(!ka("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"));
+        assert!(ka("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!ka(
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ));
         assert!(!ka("GET / HTTP/1.0\r\n\r\n"));
         assert!(ka("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
     }
@@ -875,7 +959,7 @@ mod tests {
     fn the_hash_header_is_picked_up() {
         let mut out = Vec::new();
         let r = parse_request(
-            b"GET / HTTP/1.1\r\nX-User: u1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-User: u1\r\n\r\n",
             1024,
             peer(),
             Some("x-user"),
@@ -914,6 +998,20 @@ mod tests {
         assert!(!out.contains("Content-Length") && !out.contains("Transfer"));
         let (r, _) = resp("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", true);
         assert_eq!(r.body, RespBody::Empty);
+        let (r, out) = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 10\r\n\r\n",
+            false,
+        );
+        assert_eq!((r.body, r.reusable), (RespBody::UntilClose, false));
+        assert!(!out.contains("Content-Length"), "{out}");
+        let (r, _) = resp(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.body, RespBody::UntilClose);
+        let mut out = Vec::new();
+        let id = RequestId::from_client(b"rid").unwrap();
+        assert!(parse_response(b"HTTP/1.1 099 X\r\n\r\n", 1024, false, &id, &mut out).is_err());
         let (r, _) = resp("HTTP/1.0 200 OK\r\n\r\n", false);
         assert_eq!((r.body, r.reusable), (RespBody::UntilClose, false));
         let (r, _) = resp(
@@ -953,6 +1051,11 @@ mod tests {
             assert_eq!(consumed, body.len() - 4, "split {split}");
         }
         assert!(dechunk(&[b"5\r\nhello!\r\n"]).is_err());
+        // Bare LFs, which another parser could read as line ends, are refused (request smuggling).
+        assert!(dechunk(&[b"0\r\n\nGET /admin HTTP/1.1\r\nHost: a\r\n\r\n"]).is_err());
+        assert!(dechunk(&[b"5;\nXXXXX\r\nhello\r\n0\r\n\r\n"]).is_err());
+        assert!(dechunk(&[b"0\r\nX: a\nb\r\n\r\n"]).is_err());
+        assert!(dechunk(&[b"5\nhello\r\n0\r\n\r\n"]).is_err());
         assert!(dechunk(&[b"zz\r\n"]).is_err());
         assert!(dechunk(&[b"ffffffffffffffffff\r\n"]).is_err());
         let (_, _, done) = dechunk(&[b"5\r\nhel"]).unwrap();

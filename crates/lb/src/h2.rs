@@ -13,10 +13,10 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::front::{Guard, Relay};
+use crate::front::{write_backend, Guard, Relay};
 use crate::h1::{self, ReqBody, RequestId, RespBody};
 use crate::pool::{self, BoxError, ProxyBody};
 use crate::proxy::{self, Answer, BodySource, NoBody, Outgoing, Problem, PumpError, REPLAY_LIMIT};
@@ -108,11 +108,26 @@ async fn handle(
         .map(|p| p.as_str())
         .filter(|p| !p.is_empty())
         .unwrap_or("/");
-    let fields: Vec<(&[u8], &[u8])> = parts
+    if parts.method == http::Method::CONNECT {
+        return problem_response(&Problem::method("CONNECT"), &RequestId::generate());
+    }
+    // HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+    let cookies: Vec<&[u8]> = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let cookie = (cookies.len() > 1).then(|| cookies.join(&b"; "[..]));
+    let mut fields: Vec<(&[u8], &[u8])> = parts
         .headers
         .iter()
+        .filter(|(n, _)| cookie.is_none() || *n != header::COOKIE)
         .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
         .collect();
+    if let Some(c) = &cookie {
+        fields.push((b"cookie", c));
+    }
     let meta = h1::forward_request(
         h1::RequestParts {
             method: parts.method.as_str().as_bytes(),
@@ -139,11 +154,18 @@ async fn handle(
     }
     let streamed = match framing {
         ReqBody::Length(n) if n <= REPLAY_LIMIT => {
-            match Limited::new(body, n as usize).collect().await {
-                Ok(c) => out.extend_from_slice(&c.to_bytes()),
-                Err(e) => {
+            let idle = shared.settings.client_idle_timeout;
+            match tokio::time::timeout(idle, Limited::new(body, n as usize).collect()).await {
+                Ok(Ok(c)) => out.extend_from_slice(&c.to_bytes()),
+                Ok(Err(e)) => {
                     return problem_response(
                         &Problem::bad_request(format!("the request body could not be read: {e}")),
+                        &meta.request_id,
+                    )
+                }
+                Err(_) => {
+                    return problem_response(
+                        &Problem::bad_request("the client stopped sending the request body"),
                         &meta.request_id,
                     )
                 }
@@ -155,6 +177,8 @@ async fn handle(
             body,
             chunked: framing == ReqBody::Chunked,
             limit,
+            idle: shared.settings.client_idle_timeout,
+            backend_timeout: shared.settings.response_timeout,
         }),
     };
     let outgoing = Outgoing {
@@ -279,14 +303,26 @@ struct H2Body {
     body: Incoming,
     chunked: bool,
     limit: u64,
+    /// Longest wait for the client's next piece of body.
+    idle: Duration,
+    /// Longest wait for the backend to take a piece.
+    backend_timeout: Duration,
 }
 
 impl BodySource for H2Body {
     async fn pump(&mut self, to: &mut TcpStream) -> Result<(), PumpError> {
         let mut total = 0u64;
         let mut framed = Vec::new();
-        while let Some(frame) = self.body.frame().await {
-            let frame = frame.map_err(|e| PumpError::Client(e.to_string()))?;
+        loop {
+            let frame = match tokio::time::timeout(self.idle, self.body.frame()).await {
+                Ok(Some(f)) => f.map_err(|e| PumpError::Client(e.to_string()))?,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(PumpError::Client(
+                        "the client stopped sending the body".into(),
+                    ))
+                }
+            };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -297,15 +333,13 @@ impl BodySource for H2Body {
             if self.chunked {
                 framed.clear();
                 h1::put_chunk(&mut framed, &data);
-                to.write_all(&framed).await.map_err(PumpError::Backend)?;
+                write_backend(to, &framed, self.backend_timeout).await?;
             } else {
-                to.write_all(&data).await.map_err(PumpError::Backend)?;
+                write_backend(to, &data, self.backend_timeout).await?;
             }
         }
         if self.chunked {
-            to.write_all(h1::LAST_CHUNK)
-                .await
-                .map_err(PumpError::Backend)?;
+            write_backend(to, h1::LAST_CHUNK, self.backend_timeout).await?;
         }
         Ok(())
     }

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::{Backend, InFlight};
@@ -144,8 +143,8 @@ impl Problem {
             .unwrap_or("Error")
     }
 
-    /// The whole HTTP/1.1 response, appended to `out`.
-    pub(crate) fn write_h1(&self, rid: &RequestId, close: bool, out: &mut Vec<u8>) {
+    /// The whole HTTP/1.1 response, appended to `out` (without the body when it answers a HEAD request).
+    pub(crate) fn write_h1(&self, rid: &RequestId, close: bool, head: bool, out: &mut Vec<u8>) {
         let body = self.body(rid);
         out.extend_from_slice(b"HTTP/1.1 ");
         h1::put_u64(out, u64::from(self.status));
@@ -164,7 +163,9 @@ impl Problem {
         out.extend_from_slice(b"\r\ncontent-length: ");
         h1::put_u64(out, body.len() as u64);
         out.extend_from_slice(b"\r\n\r\n");
-        out.extend_from_slice(&body);
+        if !head {
+            out.extend_from_slice(&body);
+        }
     }
 }
 
@@ -225,6 +226,9 @@ pub(crate) struct Answer {
     pub(crate) _in_flight: InFlight,
     /// From sending the request to the answer's head (the backend's share of the latency).
     pub(crate) upstream: std::time::Duration,
+    /// The backend answered before it had read the whole request body (and the connection then broke):
+    /// the rest of the client's body was not read, so the client connection cannot be reused.
+    pub(crate) request_body_unread: bool,
 }
 
 impl Answer {
@@ -287,45 +291,45 @@ pub(crate) async fn forward<S: BodySource>(
         let in_flight = backend.start();
         let started = Instant::now();
         resp_out.clear();
-        let (conn, head) = match exchange(shared, &backend, outgoing, source, resp_out, timer).await
-        {
-            Ok(x) => x,
-            Err(Attempt::Body(e)) => {
-                return Err(match e {
-                    PumpError::TooLarge => Problem::too_large(shared.settings.body_limit),
-                    PumpError::Client(why) => {
-                        Problem::bad_request(format!("the request body could not be read: {why}"))
-                    }
-                    PumpError::Backend(e) => {
-                        shared.record_failure(&backend, started.elapsed(), "exchange");
-                        Problem::new(
-                            502,
-                            "/problems/bad-gateway",
-                            "Bad gateway",
-                            format!(
-                                "backend {} failed while receiving the request body: {e}",
-                                backend.addr
-                            ),
-                        )
-                    }
-                })
-            }
-            Err(Attempt::Failed(f)) => {
-                let kind = match &f {
-                    Failure::Connect(_) => "connect",
-                    Failure::Exchange(_) => "exchange",
-                    Failure::Timeout => "timeout",
-                };
-                shared.record_failure(&backend, started.elapsed(), kind);
-                // Connect failures sent nothing, so any request may go elsewhere; otherwise only safe ones.
-                let again = matches!(f, Failure::Connect(_)) || outgoing.replayable();
-                last = Some((backend.addr, f));
-                if again {
-                    continue;
+        let (conn, head, request_body_unread) =
+            match exchange(shared, &backend, outgoing, source, resp_out, timer).await {
+                Ok(x) => x,
+                Err(Attempt::Body(e)) => {
+                    return Err(match e {
+                        PumpError::TooLarge => Problem::too_large(shared.settings.body_limit),
+                        PumpError::Client(why) => Problem::bad_request(format!(
+                            "the request body could not be read: {why}"
+                        )),
+                        PumpError::Backend(e) => {
+                            shared.record_failure(&backend, started.elapsed(), "exchange");
+                            Problem::new(
+                                502,
+                                "/problems/bad-gateway",
+                                "Bad gateway",
+                                format!(
+                                    "backend {} failed while receiving the request body: {e}",
+                                    backend.addr
+                                ),
+                            )
+                        }
+                    })
                 }
-                break;
-            }
-        };
+                Err(Attempt::Failed(f)) => {
+                    let kind = match &f {
+                        Failure::Connect(_) => "connect",
+                        Failure::Exchange(_) => "exchange",
+                        Failure::Timeout => "timeout",
+                    };
+                    shared.record_failure(&backend, started.elapsed(), kind);
+                    // Connect failures sent nothing, so any request may go elsewhere; otherwise only safe ones.
+                    let again = matches!(f, Failure::Connect(_)) || outgoing.replayable();
+                    last = Some((backend.addr, f));
+                    if again {
+                        continue;
+                    }
+                    break;
+                }
+            };
         let upstream = started.elapsed();
         let status = head.status;
         // A shed request (the backend's overload control refused it, X-Load-Shed) says the backend is
@@ -368,6 +372,7 @@ pub(crate) async fn forward<S: BodySource>(
             backend,
             _in_flight: in_flight,
             upstream,
+            request_body_unread,
         });
     }
     Err(match last {
@@ -401,6 +406,36 @@ pub(crate) async fn forward<S: BodySource>(
     })
 }
 
+/// How long a backend that stopped reading a request body gets to show its early answer.
+const EARLY_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes `bytes` within `limit`. On failure, also says how many bytes the socket had taken: none means
+/// the backend cannot have seen the request.
+async fn send_all(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    limit: std::time::Duration,
+) -> Result<(), (usize, std::io::Error)> {
+    let mut done = 0;
+    let mut deadline = None;
+    while done < bytes.len() {
+        match stream.try_write(&bytes[done..]) {
+            Ok(0) => return Err((done, std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let at = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + limit);
+                match tokio::time::timeout_at(at, stream.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err((done, e)),
+                    Err(_) => return Err((done, std::io::ErrorKind::TimedOut.into())),
+                }
+            }
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(())
+}
+
 /// How one attempt ended, when it did not end with a response head.
 enum Attempt {
     Failed(Failure),
@@ -416,8 +451,9 @@ async fn exchange<S: BodySource>(
     source: &mut S,
     resp_out: &mut Vec<u8>,
     timer: &mut Timer,
-) -> Result<(Conn, h1::Response), Attempt> {
+) -> Result<(Conn, h1::Response, bool), Attempt> {
     let meta = outgoing.meta;
+    let limit = shared.settings.response_timeout;
     for _ in 0..4 {
         let mut conn = backend
             .pool
@@ -425,26 +461,51 @@ async fn exchange<S: BodySource>(
             .await
             .map_err(|e| Attempt::Failed(Failure::Connect(e.to_string())))?;
         let reused = conn.reused;
-        if let Err(e) = conn.stream.write_all(outgoing.bytes).await {
-            if reused {
-                // Closed by the backend while idle: it never got this request. Try another.
-                continue;
+        match send_all(&mut conn.stream, outgoing.bytes, limit).await {
+            Ok(()) => {}
+            // Closed by the backend while idle: it never got a byte of this request. Try another.
+            Err((0, _)) if reused => continue,
+            Err((0, e)) => return Err(Attempt::Failed(Failure::Connect(e.to_string()))),
+            // Part of the request went out: it may have been acted on.
+            Err((_, e)) => {
+                return Err(Attempt::Failed(Failure::Exchange(format!(
+                    "sending the request failed: {e}"
+                ))))
             }
-            return Err(Attempt::Failed(Failure::Connect(e.to_string())));
         }
         if outgoing.streamed {
-            source.pump(&mut conn.stream).await.map_err(Attempt::Body)?;
+            match source.pump(&mut conn.stream).await {
+                Ok(()) => {}
+                // The backend stopped reading: it may have answered early (413, 401...). Its answer, if
+                // there is one, is the client's; without one the body error stands.
+                Err(PumpError::Backend(e)) => {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + EARLY_ANSWER_WAIT);
+                    let early = tokio::select! {
+                        biased;
+                        r = conn.read_head(meta.head, &meta.request_id, resp_out) => r.ok(),
+                        _ = timer.as_mut() => None,
+                    };
+                    match early {
+                        Some(mut head) => {
+                            head.reusable = false;
+                            return Ok((conn, head, true));
+                        }
+                        None => return Err(Attempt::Body(PumpError::Backend(e))),
+                    }
+                }
+                Err(e) => return Err(Attempt::Body(e)),
+            }
         }
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + shared.settings.response_timeout);
+        timer.as_mut().reset(tokio::time::Instant::now() + limit);
         let read = tokio::select! {
             biased;
             r = conn.read_head(meta.head, &meta.request_id, resp_out) => Ok(r),
             _ = timer.as_mut() => Err(()),
         };
         match read {
-            Ok(Ok(head)) => return Ok((conn, head)),
+            Ok(Ok(head)) => return Ok((conn, head, false)),
             // A pooled connection the backend closed just as we wrote: for a request safe to repeat
             // (whose body went with the head) try another connection; a request that is not safe to
             // repeat is never sent twice.

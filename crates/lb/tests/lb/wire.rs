@@ -385,3 +385,112 @@ async fn held_settles_at(lb: &TestLb, want: u64) -> u64 {
     }
     lb.lb.client_buffers_held()
 }
+
+/// A backend that records every byte it receives and never answers.
+async fn recording_backend() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_request_hidden_in_chunked_framing_never_reaches_the_backend() {
+    let (be, seen) = recording_backend().await;
+    let mut cfg = config("round-robin");
+    cfg.health.path = "/".into();
+    cfg.health.interval_ms = 60_000;
+    cfg.backends = vec![tenfold_config::BackendSpec {
+        addr: be,
+        weight: 1,
+    }];
+    let lb = TestLb::start_with(cfg).await;
+    for smuggle in [
+        // A bare LF where the trailer section should end: a lenient backend would end the body there.
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n",
+        // A bare LF inside a chunk extension.
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;\nGET /admin HTTP/1.1\r\n\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+        s.write_all(smuggle.as_bytes()).await.unwrap();
+        let (got, closed) = read_until(&mut s, |_| false).await;
+        assert!(text(&got).starts_with("HTTP/1.1 400 "), "{}", text(&got));
+        assert!(closed);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = text(&seen.lock().unwrap());
+    assert!(!seen.contains("/admin"), "{seen}");
+}
+
+#[tokio::test]
+async fn problems_answering_head_requests_have_no_body() {
+    let lb = TestLb::start_with(config("round-robin")).await; // no backend: 503
+    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+    s.write_all(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until(&mut s, |g| {
+        let t = text(g);
+        t.matches("HTTP/1.1 503").count() == 2 && t.ends_with('}')
+    })
+    .await;
+    let t = text(&got);
+    assert!(!closed, "{t}");
+    // The first answer ends at its blank line: the second status line follows at once.
+    let first_end = t.find("\r\n\r\n").unwrap() + 4;
+    assert!(t[first_end..].starts_with("HTTP/1.1 503"), "{t}");
+}
+
+#[tokio::test]
+async fn a_backend_refusing_an_upload_early_is_heard_not_reported_as_failing() {
+    // Reads the head, answers 413 at once, and closes without reading the body.
+    let be = raw_backend(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+        true,
+    )
+    .await;
+    let mut cfg = config("round-robin");
+    cfg.response_timeout_ms = 2_000;
+    cfg.backends = vec![tenfold_config::BackendSpec {
+        addr: be,
+        weight: 1,
+    }];
+    let lb = TestLb::start_with(cfg).await;
+    let r = client()
+        .post(lb.url("/upload"))
+        .body(vec![b'x'; 64 << 20])
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            assert_eq!(r.status(), 413);
+            assert_eq!(r.text().await.unwrap(), "big!");
+        }
+        // The client may see its own upload cut off when the balancer closes after the answer; what it
+        // must never get is a 502 for a backend that answered.
+        Err(e) => assert!(e.is_request() || e.is_body(), "{e}"),
+    }
+    let st = &lb.lb.status()[0];
+    assert_eq!(
+        st.errors, 0,
+        "an early answer is not a backend failure: {st:?}"
+    );
+}
