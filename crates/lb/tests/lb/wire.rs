@@ -58,6 +58,12 @@ async fn echo_backend() -> SocketAddr {
                         .map(|v| v.to_str().unwrap().to_owned())
                         .unwrap_or_default();
                     let expect = req.headers().contains_key("expect");
+                    let cookies: Vec<String> = req
+                        .headers()
+                        .get_all("cookie")
+                        .iter()
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .collect();
                     let body = req.into_body().collect().await.unwrap().to_bytes();
                     let len = body.len();
                     let chunks = futures::stream::iter(
@@ -71,6 +77,10 @@ async fn echo_backend() -> SocketAddr {
                     );
                     let mut r = hyper::Response::new(http_body_util::StreamBody::new(chunks));
                     r.headers_mut().insert("x-seen-length", len.into());
+                    r.headers_mut()
+                        .insert("x-seen-cookie-fields", cookies.len().into());
+                    r.headers_mut()
+                        .insert("x-seen-cookie", cookies.join(" | ").parse().unwrap());
                     r.headers_mut().insert("x-seen-te", te.parse().unwrap());
                     r.headers_mut().insert(
                         "x-seen-expect",
@@ -256,6 +266,16 @@ async fn request_bodies_arrive_whole_in_every_framing() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
+    // Cookie crumbs of HTTP/2 become one Cookie field for HTTP/1.1.
+    let r = h2
+        .get(lb.url("/e"))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-seen-cookie-fields"], "1");
+    assert_eq!(r.headers()["x-seen-cookie"], "a=1; b=2");
     let r = h2
         .post(lb.url("/e"))
         .body(vec![b'd'; 5_000])
