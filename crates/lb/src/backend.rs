@@ -75,7 +75,6 @@ pub struct Backend {
 /// Metric handles of one backend, registered once so the hot path only bumps atomics.
 #[derive(Debug)]
 pub(crate) struct BackendMetrics {
-    pub(crate) requests: metrics::Counter,
     /// `lb_backend_latency_seconds`, rendered by `Lb::render_metrics`.
     pub(crate) latency: crate::hist::Histogram,
     pub(crate) ejections: metrics::Counter,
@@ -85,7 +84,6 @@ impl BackendMetrics {
     fn new(addr: SocketAddr) -> Self {
         let a = addr.to_string();
         BackendMetrics {
-            requests: metrics::counter!("lb_backend_requests_total", "backend" => a.clone()),
             latency: crate::hist::Histogram::default(),
             ejections: metrics::counter!("lb_backend_ejections_total", "backend" => a),
         }
@@ -186,10 +184,19 @@ impl Backend {
     /// Whether new requests may go here if its health checks are ignored (panic mode: most backends
     /// fail them at once, which says more about the load than about the backends).
     pub fn available_ignoring_health(&self) -> bool {
+        if self.draining.load(Ordering::Relaxed) {
+            return false;
+        }
+        let (ejected, backed_off) = (
+            self.ejected_until.load(Ordering::Relaxed),
+            self.retry_after_until.load(Ordering::Relaxed),
+        );
+        // Never ejected nor backed off (the usual case): no need to read the clock.
+        if ejected == 0 && backed_off == 0 {
+            return true;
+        }
         let now = self.now();
-        !self.draining.load(Ordering::Relaxed)
-            && self.ejected_until.load(Ordering::Relaxed) <= now
-            && self.retry_after_until.load(Ordering::Relaxed) <= now
+        ejected <= now && backed_off <= now
     }
 
     /// Requests in flight.
@@ -201,7 +208,6 @@ impl Backend {
     pub(crate) fn start(self: &std::sync::Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.metrics.requests.increment(1);
         InFlight(self.clone())
     }
 
@@ -236,7 +242,10 @@ impl Backend {
 
     /// Records a successful answer with its latency.
     pub(crate) fn observe_success(&self, latency: Duration) {
-        self.consecutive_failures.store(0, Ordering::Relaxed);
+        // Read before writing: the counter is shared by every event loop, and is almost always 0.
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
         self.observe_latency(latency);
     }
 

@@ -247,7 +247,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
     let header_timeout = settings.limits.header_read_timeout;
     let mut buf = BufSlot {
         buf: None,
-        held: &shared.client_buffers,
+        held: &shared.client_buffers[pool::current_slot().min(shared.client_buffers.len() - 1)].0,
     };
     let mut first = true;
     let peer_text = peer.ip().to_string();

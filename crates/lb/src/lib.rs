@@ -82,8 +82,14 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     pub(crate) budget: RetryBudget,
     /// Read buffers client connections hold now (an idle connection holds none).
-    pub(crate) client_buffers: std::sync::atomic::AtomicI64,
+    /// One counter per event loop, on its own cache line: loops never write to each other's.
+    pub(crate) client_buffers: Box<[PaddedCounter]>,
 }
+
+/// A counter alone on its cache line.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct PaddedCounter(pub(crate) std::sync::atomic::AtomicI64);
 
 /// A load balancer. Cheap to clone; clones share everything.
 #[derive(Clone)]
@@ -172,7 +178,9 @@ impl Lb {
                 picker: Picker::new(algorithm),
                 settings,
                 budget: RetryBudget::new(cfg.retry_budget_percent),
-                client_buffers: std::sync::atomic::AtomicI64::new(0),
+                client_buffers: (0..=pool::max_loops())
+                    .map(|_| PaddedCounter::default())
+                    .collect(),
             }),
         };
         for b in &cfg.backends {
@@ -414,10 +422,13 @@ impl Lb {
     /// Read buffers held by client connections now: one per connection reading or proxying a request,
     /// none for an idle keep-alive connection.
     pub fn client_buffers_held(&self) -> u64 {
-        self.shared
+        let held: i64 = self
+            .shared
             .client_buffers
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .max(0) as u64
+            .iter()
+            .map(|c| c.0.load(std::sync::atomic::Ordering::Relaxed))
+            .sum();
+        held.max(0) as u64
     }
 
     /// Prometheus text of the balancer's metrics.
@@ -425,6 +436,9 @@ impl Lb {
         metrics::gauge!("lb_client_buffers_held").set(self.client_buffers_held() as f64);
         for b in self.shared.members.load().backends.iter() {
             let a = b.addr.to_string();
+            // Counted on the hot path by the backend's own atomic; published here.
+            metrics::counter!("lb_backend_requests_total", "backend" => a.clone())
+                .absolute(b.requests.load(std::sync::atomic::Ordering::Relaxed));
             metrics::gauge!("lb_backend_in_flight", "backend" => a.clone())
                 .set(b.in_flight() as f64);
             metrics::gauge!("lb_backend_healthy", "backend" => a.clone()).set(if b.is_healthy() {

@@ -44,6 +44,10 @@ impl RetryBudget {
     }
 
     fn deposit(&self) {
+        // Full (no retries lately, the usual case): nothing to write to the shared counter.
+        if self.milli_tokens.load(Ordering::Relaxed) >= BUDGET_CAP {
+            return;
+        }
         let _ = self
             .milli_tokens
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
