@@ -93,17 +93,7 @@ where
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            (stream, peer) = accept(&listener) => {
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), make_service(peer)).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
@@ -127,6 +117,23 @@ where
         tracing::warn!("shutdown grace period expired with requests still in flight");
     }
     Ok(())
+}
+
+/// The next connection from `listener`, with TCP_NODELAY set. Accept errors (out of file descriptors and
+/// the like) are logged and retried after a 50 ms back-off instead of spinning.
+pub async fn accept(listener: &tokio::net::TcpListener) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 /// `n` listeners on one address with SO_REUSEPORT, so that `n` single-threaded event loops can each

@@ -102,17 +102,7 @@ pub(crate) async fn serve(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            (stream, peer) = tenfold_http::accept(&listener) => {
                 let guard = tracker.enter();
                 let shared = shared.clone();
                 tokio::spawn(async move { connection(shared, stream, peer, guard).await });

@@ -391,6 +391,24 @@ where
     })
 }
 
+/// What httparse said of a head, in the balancer's terms: its length, `None` to read more, or why it is
+/// refused (too large once `limit` bytes did not complete it; `invalid` when it is not HTTP).
+fn head_len(
+    parsed: httparse::Result<usize>,
+    read: usize,
+    limit: usize,
+    invalid: &'static str,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n > limit => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if read >= limit => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(_) => Err(HeadError::Malformed(invalid)),
+    }
+}
+
 /// Parses a client's HTTP/1.x request head from `buf` and writes the backend's head into `out`.
 /// `Ok(None)`: incomplete (read more, unless `buf` is already at the limit).
 pub(crate) fn parse_request<'a>(
@@ -402,25 +420,16 @@ pub(crate) fn parse_request<'a>(
 ) -> Result<Option<Request>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limit {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => {
-            return Err(HeadError::Malformed(
-                "the request head is not valid HTTP/1.1",
-            ))
-        }
+    let parsed = req.parse(buf);
+    let Some(len) = head_len(
+        parsed,
+        buf.len(),
+        limit,
+        "the request head is not valid HTTP/1.1",
+    )?
+    else {
+        return Ok(None);
     };
-    if len > limit {
-        return Err(HeadError::TooLarge);
-    }
     let method = req.method.unwrap_or("GET").as_bytes();
     let minor = req.version.unwrap_or(1);
     if method == b"CONNECT" {
@@ -520,21 +529,15 @@ pub(crate) fn parse_response(
 ) -> Result<Option<Response>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() >= limit {
-                Err(HeadError::TooLarge)
-            } else {
-                Ok(None)
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-        Err(_) => {
-            return Err(HeadError::Malformed(
-                "the response head is not valid HTTP/1.x",
-            ))
-        }
+    let parsed = resp.parse(buf);
+    let Some(len) = head_len(
+        parsed,
+        buf.len(),
+        limit,
+        "the response head is not valid HTTP/1.x",
+    )?
+    else {
+        return Ok(None);
     };
     let status = resp.code.unwrap_or(502);
     if status < 100 {
