@@ -275,6 +275,7 @@ pub(crate) async fn run(
                 .await
                 .with_context(|| format!("cannot listen on {}", config.http.listen))?;
             let addr = listener.local_addr()?;
+            let signal = shutdown_signal();
             // One machine-readable line on stdout: the address bound. Logs go to stderr.
             let mut out = std::io::stdout().lock();
             writeln!(out, "{addr}")?;
@@ -295,11 +296,11 @@ pub(crate) async fn run(
             let stop = async move {
                 if exit_on_stdin_eof {
                     tokio::select! {
-                        _ = shutdown_signal() => {},
+                        _ = signal => {},
                         _ = stdin_closed() => tracing::info!("supervisor gone (stdin closed): shutting down"),
                     }
                 } else {
-                    shutdown_signal().await
+                    signal.await
                 }
             };
             app.serve(listener, stop).await?;
@@ -314,6 +315,7 @@ async fn run_lb(
     config: Config,
     reload: impl Fn() -> anyhow::Result<Config> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     let lb = tenfold_lb::Lb::new(&config.lb).map_err(|e| anyhow::anyhow!(e))?;
     let listener = balancer_listeners(config.lb.listen)?;
     let addr = listener[0].local_addr()?;
@@ -334,15 +336,6 @@ async fn run_lb(
             None
         }
     };
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{addr}")?;
-        if let Some((l, _)) = &admin {
-            writeln!(out, "{}", l.local_addr()?)?;
-        }
-        out.flush()?;
-    }
-    tracing::info!(%addr, algorithm = %config.lb.algorithm, backends = config.lb.backends.len(), "balancing");
     // SIGHUP re-reads the configuration and applies its backend list.
     #[cfg(unix)]
     {
@@ -366,7 +359,16 @@ async fn run_lb(
             }
         });
     }
-    serve_balancer(&lb, listener, admin).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{addr}")?;
+        if let Some((l, _)) = &admin {
+            writeln!(out, "{}", l.local_addr()?)?;
+        }
+        out.flush()?;
+    }
+    tracing::info!(%addr, algorithm = %config.lb.algorithm, backends = config.lb.backends.len(), "balancing");
+    serve_balancer(&lb, listener, admin, signal).await?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -387,6 +389,7 @@ pub(crate) async fn serve_balancer(
     lb: &tenfold_lb::Lb,
     listeners: Vec<std::net::TcpListener>,
     admin: Option<(tokio::net::TcpListener, axum::Router)>,
+    signal: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -403,7 +406,7 @@ pub(crate) async fn serve_balancer(
     tokio::pin!(serving);
     tokio::select! {
         r = &mut serving => r?,
-        _ = shutdown_signal() => {
+        _ = signal => {
             tracing::info!("stopping: draining in-flight requests");
             let _ = stop_tx.send(true);
             serving.await?;
@@ -430,24 +433,37 @@ pub(crate) async fn stdin_closed() {
     let _ = rx.await;
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not when the
+/// future is first polled: call it before announcing readiness, so that a signal sent right after the
+/// announcement drains the process instead of killing it (the default action of an unhandled signal).
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (term, int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            async fn next(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(term) => {},
+                _ = next(int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -132,6 +132,7 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
         Some(v) => registry.register("video", v),
         None => registry,
     };
+    let signal = crate::commands::shutdown_signal();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -146,11 +147,11 @@ pub(crate) async fn worker(config: Config, a: WorkerArgs) -> anyhow::Result<()> 
     let stop = async move {
         if a.exit_on_stdin_eof {
             tokio::select! {
-                _ = crate::commands::shutdown_signal() => {},
+                _ = signal => {},
                 _ = crate::commands::stdin_closed() => {},
             }
         } else {
-            crate::commands::shutdown_signal().await
+            signal.await
         }
     };
     let report = tenfold_jobs::Worker::new(queue, registry, opts)

@@ -132,6 +132,7 @@ pub(crate) async fn run(
     // The balancer only sends traffic to instances whose database is reachable.
     config.lb.health.path = "/readyz".into();
     config.lb.backends.clear();
+    let signal = crate::commands::shutdown_signal();
     let lb = tenfold_lb::Lb::new(&config.lb).map_err(|e| anyhow::anyhow!(e))?;
     let listener = balancer_listeners(config.lb.listen)?;
     let admin_listener = tokio::net::TcpListener::bind(config.lb.admin_listen)
@@ -216,7 +217,7 @@ pub(crate) async fn run(
     }
 
     let admin_router = lb.admin_router_with(admin_token, sup.admin_routes());
-    let served = serve_balancer(&lb, listener, Some((admin_listener, admin_router))).await;
+    let served = serve_balancer(&lb, listener, Some((admin_listener, admin_router)), signal).await;
     // Whatever ended the balancer, the instances are drained and stopped.
     sup.shutdown().await;
     if let Some(w) = &workers {
