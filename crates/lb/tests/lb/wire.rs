@@ -514,3 +514,44 @@ async fn a_backend_refusing_an_upload_early_is_heard_not_reported_as_failing() {
         "an early answer is not a backend failure: {st:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_frees_its_backend() {
+    // 32 MiB answer: more than the socket buffers between balancer and client can hold.
+    let body: &'static [u8] = Box::leak(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 33554432\r\n\r\n".to_vec(),
+            vec![b'x'; 32 << 20],
+        ]
+        .concat()
+        .into_boxed_slice(),
+    );
+    let be = raw_backend(body, false).await;
+    let mut cfg = config("round-robin");
+    cfg.client_idle_timeout_ms = 300;
+    cfg.health.path = "/".into();
+    cfg.health.interval_ms = 60_000;
+    cfg.backends = vec![tenfold_config::BackendSpec {
+        addr: be,
+        weight: 1,
+    }];
+    let lb = TestLb::start_with(cfg).await;
+    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read. The balancer must give up on this client and let the request go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = &lb.lb.status()[0];
+        if st.requests == 1 && st.in_flight == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still in flight: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lb.lb.client_buffers_held(), 0);
+}
