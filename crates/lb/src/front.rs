@@ -46,6 +46,11 @@ impl Tracker {
         Guard(self.clone())
     }
 
+    /// Client connections open on this loop.
+    pub(crate) fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
     /// Resolves once shutdown began.
     pub(crate) async fn stopped(&self) {
         let notified = self.stop.notified();
@@ -99,6 +104,10 @@ pub(crate) async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tracker = Arc::new(Tracker::default());
+    if let Ok(mut t) = shared.trackers.lock() {
+        t.retain(|w| w.strong_count() > 0);
+        t.push(Arc::downgrade(&tracker));
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -39,22 +40,46 @@ pub(crate) async fn serve_connection(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10));
     let svc_shared = shared.clone();
+    // When the last request began, in milliseconds after `opened` (for the idle timeout).
+    let opened = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let svc_last = last.clone();
     let svc = hyper::service::service_fn(move |req| {
         let shared = svc_shared.clone();
+        svc_last.store(opened.elapsed().as_millis() as u64, Ordering::Relaxed);
         async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(Rewind { pre, inner: stream }), svc);
     tokio::pin!(conn);
+    let idle = shared.settings.client_idle_timeout;
     tokio::select! {
         r = &mut conn => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
             }
         }
+        // Shutdown, or no new request for the idle timeout: GOAWAY, and the streams in flight finish.
         _ = guard.tracker().stopped() => {
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }
+        _ = idle_for(&last, opened, idle) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Resolves once no request began for `idle` (`last`: when the last one began, in ms after `opened`).
+async fn idle_for(last: &AtomicU64, opened: Instant, idle: Duration) {
+    loop {
+        let since = opened
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+        if since >= idle {
+            return;
+        }
+        tokio::time::sleep(idle - since).await;
     }
 }
 

@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     /// Read buffers client connections hold now (an idle connection holds none).
     /// One counter per event loop, on its own cache line: loops never write to each other's.
     pub(crate) client_buffers: Box<[PaddedCounter]>,
+    /// The client connections of each serving loop.
+    pub(crate) trackers: Mutex<Vec<std::sync::Weak<front::Tracker>>>,
 }
 
 /// A counter alone on its cache line.
@@ -181,6 +183,7 @@ impl Lb {
                 client_buffers: (0..=pool::max_loops())
                     .map(|_| PaddedCounter::default())
                     .collect(),
+                trackers: Mutex::new(Vec::new()),
             }),
         };
         for b in &cfg.backends {
@@ -431,8 +434,18 @@ impl Lb {
         held.max(0) as u64
     }
 
+    /// Client connections open now (HTTP/1 and HTTP/2), across every serving loop.
+    pub fn client_connections(&self) -> usize {
+        self.shared
+            .trackers
+            .lock()
+            .map(|t| t.iter().filter_map(|w| w.upgrade()).map(|t| t.open()).sum())
+            .unwrap_or(0)
+    }
+
     /// Prometheus text of the balancer's metrics.
     pub fn render_metrics(&self) -> String {
+        metrics::gauge!("lb_client_connections").set(self.client_connections() as f64);
         metrics::gauge!("lb_client_buffers_held").set(self.client_buffers_held() as f64);
         for b in self.shared.members.load().backends.iter() {
             let a = b.addr.to_string();

@@ -555,3 +555,45 @@ async fn a_client_that_stops_reading_is_dropped_and_frees_its_backend() {
     }
     assert_eq!(lb.lb.client_buffers_held(), 0);
 }
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_after_the_idle_timeout() {
+    let b = TestBackend::start("a").await;
+    let mut cfg = config("round-robin");
+    cfg.client_idle_timeout_ms = 300;
+    cfg.backends = vec![b.spec(1)];
+    let lb = TestLb::start_with(cfg).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(lb.url("/x")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "a");
+    assert_eq!(
+        lb.lb.client_connections(),
+        1,
+        "the client keeps its connection"
+    );
+    // No further request: the balancer sends GOAWAY and the connection ends.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while lb.lb.client_connections() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle HTTP/2 connection is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A new request opens a new connection and is served.
+    assert_eq!(
+        h2.get(lb.url("/x"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "a"
+    );
+}
