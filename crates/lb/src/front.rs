@@ -8,7 +8,7 @@
 //!
 //! Invariant: every wait on a client is bounded: the first request's head within the header-read timeout
 //! of the connection's start, later heads within it of their first byte, idle keep-alive connections
-//! within the client idle timeout, body reads within the idle timeout between two reads.
+//! within the client idle timeout, body reads and answer writes within the idle timeout each.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -316,7 +316,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
             }
         };
         first = false;
-        let req = match parsed {
+        let mut req = match parsed {
             Ok(r) => r,
             Err(e) => {
                 let p = match e {
@@ -335,7 +335,6 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
             }
         };
         b.advance(req.len);
-        let mut req = req;
         if guard.tracker().stopping.load(Ordering::Relaxed) {
             // Shutting down: this answer tells the client to go elsewhere for the next request.
             req.meta.keep_alive = false;
