@@ -568,10 +568,12 @@ pub(crate) fn parse_response(
     out.extend_from_slice(b"\r\n");
     let mut length_at: Option<Range<usize>> = None;
     let mut coded = false;
+    let mut codings: Vec<&[u8]> = Vec::new();
     for (n, v) in headers() {
         if is(n, b"transfer-encoding") {
             // The codings of every field, in order: chunked only counts when it is the last one.
             coded = true;
+            codings.push(trim(v));
             chunked = tokens(v)
                 .last()
                 .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"));
@@ -623,8 +625,10 @@ pub(crate) fn parse_response(
         if chunked {
             RespBody::Chunked
         } else {
-            // A coding other than chunked last: the body runs until the backend closes.
+            // A coding other than chunked last: the body runs until the backend closes, and passes as
+            // it is, so the client still needs to know its codings.
             reusable = false;
+            put(out, b"transfer-encoding", &codings.join(&b", "[..]));
             RespBody::UntilClose
         }
     } else if let Some(n) = length {
@@ -1007,6 +1011,10 @@ mod tests {
         );
         assert_eq!((r.body, r.reusable), (RespBody::UntilClose, false));
         assert!(!out.contains("Content-Length"), "{out}");
+        assert!(
+            out.contains("transfer-encoding: gzip\r\n"),
+            "the coding is kept: {out}"
+        );
         let (r, _) = resp(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
             false,

@@ -480,22 +480,16 @@ async fn the_admin_api_manages_membership_behind_its_token() {
 async fn http2_clients_are_served_and_large_uploads_stream_through() {
     let b = TestBackend::start("a").await;
     let lb = TestLb::start(config("round-robin"), &[&b]).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2_client();
     let r = h2.get(lb.url("/x")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.headers()["x-backend"], "a");
     // A streamed upload larger than any buffer: 64 MiB in 1 MiB chunks (the full-size 1 GiB run is in
     // crates/tenfold/tests/cli.rs, against the real process, where memory can be measured).
-    let chunks = futures::stream::iter(
-        (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 1 << 20]))),
-    );
+
     let r = client()
         .post(lb.url("/upload"))
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(reqwest::Body::wrap_stream(chunks(64, b'x', 1 << 20)))
         .send()
         .await
         .unwrap();

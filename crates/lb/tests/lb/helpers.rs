@@ -298,3 +298,21 @@ pub(crate) async fn finish_without_failures(
     );
     ok
 }
+
+/// A client that speaks HTTP/2 with prior knowledge (h2c).
+pub(crate) fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// A request body of `n` pieces of `size` bytes `b`, streamed (no length: chunked over HTTP/1.1).
+pub(crate) fn chunks(
+    n: usize,
+    b: u8,
+    size: usize,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
+    futures::stream::iter((0..n).map(move |_| Ok(bytes::Bytes::from(vec![b; size]))))
+}

@@ -249,23 +249,17 @@ async fn request_bodies_arrive_whole_in_every_framing() {
     assert_eq!(r.headers()["x-seen-length"], "300000");
     assert_eq!(r.bytes().await.unwrap().len(), 300_000);
     // Chunked from the client: passed on chunked.
-    let chunks = futures::stream::iter(
-        (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'c'; 7_000]))),
-    );
+
     let r = c
         .post(lb.url("/e"))
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(reqwest::Body::wrap_stream(chunks(10, b'c', 7_000)))
         .send()
         .await
         .unwrap();
     assert_eq!(r.headers()["x-seen-length"], "70000");
     assert_eq!(r.headers()["x-seen-te"], "chunked");
     // HTTP/2 client, with and without a length.
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2_client();
     // Cookie crumbs of HTTP/2 become one Cookie field for HTTP/1.1.
     let r = h2
         .get(lb.url("/e"))
@@ -285,12 +279,10 @@ async fn request_bodies_arrive_whole_in_every_framing() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.headers()["x-seen-length"], "5000");
     assert_eq!(r.bytes().await.unwrap(), vec![b'd'; 5_000]);
-    let chunks = futures::stream::iter(
-        (0..3).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'e'; 100_000]))),
-    );
+
     let r = h2
         .post(lb.url("/e"))
-        .body(reqwest::Body::wrap_stream(chunks))
+        .body(reqwest::Body::wrap_stream(chunks(3, b'e', 100_000)))
         .send()
         .await
         .unwrap();
@@ -563,11 +555,7 @@ async fn idle_http2_connections_are_closed_after_the_idle_timeout() {
     cfg.client_idle_timeout_ms = 300;
     cfg.backends = vec![b.spec(1)];
     let lb = TestLb::start_with(cfg).await;
-    let h2 = reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2_client();
     let r = h2.get(lb.url("/x")).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.text().await.unwrap(), "a");
