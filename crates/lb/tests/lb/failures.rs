@@ -486,7 +486,6 @@ async fn http2_clients_are_served_and_large_uploads_stream_through() {
     assert_eq!(r.headers()["x-backend"], "a");
     // A streamed upload larger than any buffer: 64 MiB in 1 MiB chunks (the full-size 1 GiB run is in
     // crates/tenfold/tests/cli.rs, against the real process, where memory can be measured).
-
     let r = client()
         .post(lb.url("/upload"))
         .body(reqwest::Body::wrap_stream(chunks(64, b'x', 1 << 20)))

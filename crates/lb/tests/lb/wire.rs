@@ -248,8 +248,7 @@ async fn request_bodies_arrive_whole_in_every_framing() {
         .unwrap();
     assert_eq!(r.headers()["x-seen-length"], "300000");
     assert_eq!(r.bytes().await.unwrap().len(), 300_000);
-    // Chunked from the client: passed on chunked.
-
+    // Chunked from the client: re-framed, and still chunked for the backend.
     let r = c
         .post(lb.url("/e"))
         .body(reqwest::Body::wrap_stream(chunks(10, b'c', 7_000)))
