@@ -915,11 +915,19 @@ macro_rules! impl_catalog_store {
                     .bind(now - stale_after.as_millis() as i64)
                     .execute(&self.writer)
                     .await?;
-                let row = sqlx::query_as::<_, MoveRow>(&self.sql.shard_move)
+                // Another mover may have finished (and forgotten) this move between our insert and now.
+                match sqlx::query_as::<_, MoveRow>(&self.sql.shard_move)
                     .bind(b)
-                    .fetch_one(&self.writer)
-                    .await?;
-                shard_move_of(row)
+                    .fetch_optional(&self.writer)
+                    .await?
+                {
+                    Some(row) => shard_move_of(row),
+                    None => Err(StoreError::Conflict(format!(
+                        "another mover finished the move of bucket {} meanwhile; run it again to see where the \
+                         bucket is",
+                        m.bucket.get()
+                    ))),
+                }
             }
 
             async fn touch_shard_move(
