@@ -225,43 +225,55 @@ async fn answers_delimited_by_close_and_informational_heads() {
     assert_eq!(r.text().await.unwrap(), "body");
 }
 
+/// What the echo backend saw of a POST through the balancer, and what came back.
+struct Echoed {
+    version: reqwest::Version,
+    seen_length: String,
+    seen_te: String,
+    body: bytes::Bytes,
+}
+
+async fn echo(c: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>) -> Echoed {
+    let r = c.post(url).body(body).send().await.unwrap();
+    let header = |n: &str| r.headers()[n].to_str().unwrap().to_owned();
+    let (version, seen_length, seen_te) =
+        (r.version(), header("x-seen-length"), header("x-seen-te"));
+    Echoed {
+        version,
+        seen_length,
+        seen_te,
+        body: r.bytes().await.unwrap(),
+    }
+}
+
 #[tokio::test]
 async fn request_bodies_arrive_whole_in_every_framing() {
     let be = echo_backend().await;
     let lb = lb_over(be).await;
+    let url = lb.url("/e");
     let c = client();
     // Small body with a length: sent with the head.
-    let r = c
-        .post(lb.url("/e"))
-        .body(vec![b'a'; 10_000])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["x-seen-length"], "10000");
-    assert_eq!(r.bytes().await.unwrap().len(), 10_000);
+    let e = echo(&c, &url, vec![b'a'; 10_000]).await;
+    assert_eq!((e.seen_length.as_str(), e.body.len()), ("10000", 10_000));
     // Large body with a length: streamed.
-    let r = c
-        .post(lb.url("/e"))
-        .body(vec![b'b'; 300_000])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["x-seen-length"], "300000");
-    assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+    let e = echo(&c, &url, vec![b'b'; 300_000]).await;
+    assert_eq!((e.seen_length.as_str(), e.body.len()), ("300000", 300_000));
     // Chunked from the client: re-framed, and still chunked for the backend.
-    let r = c
-        .post(lb.url("/e"))
-        .body(reqwest::Body::wrap_stream(chunks(10, b'c', 7_000)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["x-seen-length"], "70000");
-    assert_eq!(r.headers()["x-seen-te"], "chunked");
+    let e = echo(
+        &c,
+        &url,
+        reqwest::Body::wrap_stream(chunks(10, b'c', 7_000)),
+    )
+    .await;
+    assert_eq!(
+        (e.seen_length.as_str(), e.seen_te.as_str()),
+        ("70000", "chunked")
+    );
     // HTTP/2 client, with and without a length.
     let h2 = h2_client();
     // Cookie crumbs of HTTP/2 become one Cookie field for HTTP/1.1.
     let r = h2
-        .get(lb.url("/e"))
+        .get(&url)
         .header("cookie", "a=1")
         .header("cookie", "b=2")
         .send()
@@ -269,24 +281,19 @@ async fn request_bodies_arrive_whole_in_every_framing() {
         .unwrap();
     assert_eq!(r.headers()["x-seen-cookie-fields"], "1");
     assert_eq!(r.headers()["x-seen-cookie"], "a=1; b=2");
-    let r = h2
-        .post(lb.url("/e"))
-        .body(vec![b'd'; 5_000])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.version(), reqwest::Version::HTTP_2);
-    assert_eq!(r.headers()["x-seen-length"], "5000");
-    assert_eq!(r.bytes().await.unwrap(), vec![b'd'; 5_000]);
-
-    let r = h2
-        .post(lb.url("/e"))
-        .body(reqwest::Body::wrap_stream(chunks(3, b'e', 100_000)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.headers()["x-seen-length"], "300000");
-    assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+    let e = echo(&h2, &url, vec![b'd'; 5_000]).await;
+    assert_eq!(e.version, reqwest::Version::HTTP_2);
+    assert_eq!(
+        (e.seen_length.as_str(), &e.body[..]),
+        ("5000", &vec![b'd'; 5_000][..])
+    );
+    let e = echo(
+        &h2,
+        &url,
+        reqwest::Body::wrap_stream(chunks(3, b'e', 100_000)),
+    )
+    .await;
+    assert_eq!((e.seen_length.as_str(), e.body.len()), ("300000", 300_000));
 }
 
 #[tokio::test]
