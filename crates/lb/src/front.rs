@@ -269,7 +269,14 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
         let mut out = pool::take_vec();
         // When reading the head began: the balancer's own time on a request counts from here.
         let arrived = tokio::time::Instant::now();
-        let head_deadline = arrived + header_timeout;
+        // A kept-alive connection may find no byte after all (readiness can be stale): until the head's
+        // first byte it waits as an idle connection does; from then on, the header-read timeout runs.
+        let mut idle_deadline = !first && b.is_empty();
+        let mut head_deadline = if idle_deadline {
+            arrived + settings.client_idle_timeout
+        } else {
+            arrived + header_timeout
+        };
         // Read until the head is complete.
         let parsed = loop {
             if !b.is_empty() {
@@ -300,6 +307,11 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr
                         Err(e) => break Err(e),
                     }
                 }
+            }
+            if idle_deadline && !b.is_empty() {
+                // Part of a head is here (the usual head arrives whole and never gets here).
+                idle_deadline = false;
+                head_deadline = tokio::time::Instant::now() + header_timeout;
             }
             match tokio::time::timeout_at(
                 head_deadline,
