@@ -282,6 +282,32 @@ fn csrf_ok(app: &App, headers: &HeaderMap, field: &str) -> bool {
         .is_some_and(|k| k.form_ok(headers, field))
 }
 
+/// A posted cart form, if it parsed and its CSRF field (`csrf`) matches; else the page that says what is
+/// wrong (`hint`: how to send a valid one).
+async fn posted<T>(
+    app: &App,
+    w: &Want,
+    headers: &HeaderMap,
+    form: Result<Form<T>, FormRejection>,
+    csrf: impl Fn(&T) -> &str,
+    hint: &str,
+) -> Result<T, Response> {
+    let Ok(Form(f)) = form else {
+        let r = message(
+            app,
+            w,
+            StatusCode::BAD_REQUEST,
+            "That form is not valid",
+            hint,
+        );
+        return Err(r.await);
+    };
+    if !csrf_ok(app, headers, csrf(&f)) {
+        return Err(form_expired(app, w).await);
+    }
+    Ok(f)
+}
+
 /// `POST /cart/update`.
 pub(crate) async fn update(
     State(app): State<App>,
@@ -289,19 +315,11 @@ pub(crate) async fn update(
     form: Result<Form<Update>, FormRejection>,
 ) -> Response {
     let w = want(&app, &headers);
-    let Ok(Form(f)) = form else {
-        return message(
-            &app,
-            &w,
-            StatusCode::BAD_REQUEST,
-            "That form is not valid",
-            "Quantities are whole numbers from 0 to 1000.",
-        )
-        .await;
+    let hint = "Quantities are whole numbers from 0 to 1000.";
+    let f = match posted(&app, &w, &headers, form, |f: &Update| &f.csrf, hint).await {
+        Ok(f) => f,
+        Err(r) => return r,
     };
-    if !csrf_ok(&app, &headers, &f.csrf) {
-        return form_expired(&app, &w).await;
-    }
     let mut lines = read_cart(&headers);
     let q = f.quantity.min(MAX_QUANTITY);
     if q == 0 {
@@ -329,18 +347,9 @@ pub(crate) async fn checkout(
     let Some(tokens) = ordering(&app) else {
         return ordering_off(&app, &w).await;
     };
-    let Ok(Form(f)) = form else {
-        return message(
-            &app,
-            &w,
-            StatusCode::BAD_REQUEST,
-            "That form is not valid",
-            "Go back to the cart and try again.",
-        )
-        .await;
-    };
-    if !csrf_ok(&app, &headers, &f.csrf) {
-        return form_expired(&app, &w).await;
+    let hint = "Go back to the cart and try again.";
+    if let Err(r) = posted(&app, &w, &headers, form, |f: &Checkout| &f.csrf, hint).await {
+        return r;
     }
     let cart = read_cart(&headers);
     if cart.is_empty() {
