@@ -105,6 +105,13 @@ async fn lb_over(addr: SocketAddr) -> TestLb {
     TestLb::start_with(cfg).await
 }
 
+/// A raw connection to the balancer that has sent `raw`.
+async fn send_raw(lb: &TestLb, raw: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(lb_addr(lb)).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    s
+}
+
 fn lb_addr(lb: &TestLb) -> String {
     lb.base.trim_start_matches("http://").to_owned()
 }
@@ -141,11 +148,9 @@ async fn chunked_answers_pass_through_and_pipelined_requests_are_answered_in_ord
     )
     .await;
     let lb = lb_over(be).await;
-    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
     // Two requests in one write.
-    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let raw = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut s = send_raw(&lb, raw).await;
     let (got, closed) = read_until(&mut s, |g| text(g).matches("0\r\n\r\n").count() == 2).await;
     let t = text(&got);
     assert!(!closed, "keep-alive: {t}");
@@ -173,8 +178,7 @@ async fn http_1_0_clients_get_plain_bodies_and_a_closed_connection() {
     )
     .await;
     let lb = lb_over(be).await;
-    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut s = send_raw(&lb, b"GET / HTTP/1.0\r\n\r\n").await;
     let (got, closed) = read_until(&mut s, |_| false).await;
     let t = text(&got);
     assert!(closed);
@@ -204,10 +208,7 @@ async fn http_1_0_clients_get_plain_bodies_and_a_closed_connection() {
 async fn answers_delimited_by_close_and_informational_heads() {
     let be = raw_backend(b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end", true).await;
     let lb = lb_over(be).await;
-    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send_raw(&lb, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let (got, closed) = read_until(&mut s, |_| false).await;
     let t = text(&got);
     assert!(closed && t.ends_with("until the end"), "{t}");
@@ -301,12 +302,7 @@ async fn expect_100_continue_is_answered_by_the_balancer() {
     let be = echo_backend().await;
     let lb = lb_over(be).await;
     for size in [1_000usize, 200_000] {
-        let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-        s.write_all(
-            format!("POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\nExpect: 100-continue\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+        let mut s = send_raw(&lb, format!("POST /e HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\nExpect: 100-continue\r\n\r\n").as_bytes()).await;
         let (got, _) = read_until(&mut s, |g| g.ends_with(b"\r\n\r\n")).await;
         assert_eq!(text(&got), "HTTP/1.1 100 Continue\r\n\r\n");
         s.write_all(&vec![b'x'; size]).await.unwrap();
@@ -331,8 +327,7 @@ async fn smuggling_attempts_and_unsupported_requests_are_refused() {
         ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "400"),
         ("CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n", "405"),
     ] {
-        let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut s = send_raw(&lb, raw.as_bytes()).await;
         let (got, _) = read_until(&mut s, |_| false).await;
         let t = text(&got);
         assert!(t.starts_with(&format!("HTTP/1.1 {status} ")), "{raw:?} -> {t}");
@@ -340,10 +335,11 @@ async fn smuggling_attempts_and_unsupported_requests_are_refused() {
     }
     assert_eq!(b.hits(), 0, "nothing ambiguous reached the backend");
     // A chunked body that turns out malformed: the head went on, the body is refused.
-    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-        .await
-        .unwrap();
+    let mut s = send_raw(
+        &lb,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
+    .await;
     let (got, closed) = read_until(&mut s, |_| false).await;
     assert!(text(&got).starts_with("HTTP/1.1 400 "), "{}", text(&got));
     assert!(closed);
@@ -357,10 +353,7 @@ async fn idle_clients_are_closed_after_the_idle_timeout() {
     cfg.client_idle_timeout_ms = 300;
     cfg.backends = vec![b.spec(1)];
     let lb = TestLb::start_with(cfg).await;
-    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send_raw(&lb, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let started = std::time::Instant::now();
     let (got, closed) = read_until(&mut s, |_| false).await;
     assert!(text(&got).starts_with("HTTP/1.1 200"));
@@ -373,10 +366,7 @@ async fn idle_keep_alive_connections_hold_no_buffer() {
     let lb = TestLb::start(config("round-robin"), &[&b]).await;
     let mut conns = Vec::new();
     for _ in 0..200 {
-        let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-        s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+        let s = send_raw(&lb, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
         conns.push(s);
     }
     for s in &mut conns {
@@ -447,8 +437,7 @@ async fn a_request_hidden_in_chunked_framing_never_reaches_the_backend() {
         // A bare LF inside a chunk extension.
         "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;\nGET /admin HTTP/1.1\r\n\r\nhello\r\n0\r\n\r\n",
     ] {
-        let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-        s.write_all(smuggle.as_bytes()).await.unwrap();
+        let mut s = send_raw(&lb, smuggle.as_bytes()).await;
         let (got, closed) = read_until(&mut s, |_| false).await;
         assert!(text(&got).starts_with("HTTP/1.1 400 "), "{}", text(&got));
         assert!(closed);
@@ -461,10 +450,11 @@ async fn a_request_hidden_in_chunked_framing_never_reaches_the_backend() {
 #[tokio::test]
 async fn problems_answering_head_requests_have_no_body() {
     let lb = TestLb::start_with(config("round-robin")).await; // no backend: 503
-    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-    s.write_all(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = send_raw(
+        &lb,
+        b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     let (got, closed) = read_until(&mut s, |g| {
         let t = text(g);
         t.matches("HTTP/1.1 503").count() == 2 && t.ends_with('}')
@@ -534,10 +524,7 @@ async fn a_client_that_stops_reading_is_dropped_and_frees_its_backend() {
         weight: 1,
     }];
     let lb = TestLb::start_with(cfg).await;
-    let mut s = TcpStream::connect(lb_addr(&lb)).await.unwrap();
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let _client = send_raw(&lb, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
     // Never read. The balancer must give up on this client and let the request go.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
