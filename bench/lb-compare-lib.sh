@@ -356,6 +356,17 @@ lbc_sum_cpu() {
 
 lbc_pid_list() { lbc_pids "$1" | tr '\n' ' ' | sed 's/ $//'; }
 
+# CPU seconds of both backends (each an nginx master and its worker).
+lbc_backends_cpu() {
+    local p
+    for p in "${LBC_BACKEND_PIDS[@]}"; do lbc_sum_cpu "$p"; done | awk '{ s += $1 } END { printf "%.2f\n", s }'
+}
+
+# CPU seconds the whole machine spent busy (user, nice, system, irq, softirq; not idle, iowait or steal).
+lbc_machine_cpu() {
+    awk -v t="$(getconf CLK_TCK)" '$1 == "cpu" { printf "%.2f\n", ($2 + $3 + $4 + $7 + $8) / t; exit }' /proc/stat
+}
+
 # lbc_wrk OUTFILE DURATION URL
 lbc_wrk() {
     local file="$1" dur="$2" url="$3"
@@ -425,7 +436,7 @@ lbc_syscalls() {
 
 # lbc_measure KIND RUN: one balancer, one run; appends a line to runs.tsv.
 lbc_measure() {
-    local kind="$1" run="$2" name="$1-$2" t0 t1 cpu0 cpu1 overlap rss_load pss_load try tries
+    local kind="$1" run="$2" name="$1-$2" t0 t1 cpu0 cpu1 bcpu0 bcpu1 mcpu0 mcpu1 overlap rss_load pss_load try tries
     local t0h t1h overlap_hold hold_pid i rss_hold=0 pss_hold=0 hold_open=0 hold_failed=0 ss_count
     bench_log "=== run $run: $kind ==="
     lbc_start_balancer "$kind" "$run"
@@ -443,9 +454,13 @@ lbc_measure() {
         lbc_wrk "$out/$name.warmup.txt" "$WARMUP" "http://$LBC_ADDR/"
         if [[ "$kind" == tenfold ]]; then lbc_scrape "$out/$name.metrics-before.txt"; fi
         cpu0="$(lbc_sum_cpu "$LBC_PID")"
+        bcpu0="$(lbc_backends_cpu)"
+        mcpu0="$(lbc_machine_cpu)"
         bench_log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency http://$LBC_ADDR/ (try $try)"
         lbc_wrk "$out/$name.wrk.txt" "$DURATION" "http://$LBC_ADDR/"
         cpu1="$(lbc_sum_cpu "$LBC_PID")"
+        bcpu1="$(lbc_backends_cpu)"
+        mcpu1="$(lbc_machine_cpu)"
         t1="$(date +%s)"
         cp "$out/$name.wrk.txt" "$out/$name.wrk-try$try.txt"
         overlap="$(lbc_compile_overlap "$t0" "$t1")"
@@ -508,12 +523,14 @@ lbc_measure() {
     fi
 
     lbc_stop "$LBC_PID"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$run" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$kind" "$run" \
         "$(bench_wrk_field "$out/$name.wrk.txt" rps)" "$(bench_wrk_field "$out/$name.wrk.txt" p50)" \
         "$(bench_wrk_field "$out/$name.wrk.txt" p99)" "$(bench_wrk_field "$out/$name.wrk.txt" errors)" \
         "$(bench_wrk_field "$out/$name.wrk.txt" non2xx)" "$(bench_wrk_field "$out/$name.wrk.txt" requests)" \
         "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { printf "%.2f", b - a }')" \
         "$rss_load" "$pss_load" "$rss_hold" "$pss_hold" "${hold_open:-0}" "${hold_failed:-0}" "$overlap/$overlap_hold" "$tries" \
+        "$(awk -v a="$bcpu0" -v b="$bcpu1" 'BEGIN { printf "%.2f", b - a }')" \
+        "$(awk -v a="$mcpu0" -v b="$mcpu1" 'BEGIN { printf "%.2f", b - a }')" \
         >>"$out/runs.tsv"
 }
 
@@ -541,6 +558,23 @@ lbc_summary() {
         for (i = 1; i <= m; i++) { k = order[i]
             printf "| %s | %d | %d | %.2f ms | %.2f ms | %.1f µs | %.1f MiB | %.1f MiB | %.1f MiB |\n",
                 k, n[k], rps[k] / n[k], p50[k] / n[k], p99[k] / n[k], cpu[k] / n[k], rl[k] / 1024, rh[k] / 1024, ph[k] / 1024 }
+    }' "$out/runs.tsv"
+    echo
+    echo "### Where each request's CPU went (measured wrk phase; mean over each balancer's runs)"
+    echo
+    echo "Machine: busy CPU of both cores (/proc/stat: user, nice, system, irq, softirq). wrk and the rest: the"
+    echo "machine's figure minus the balancer's and the backends'."
+    echo
+    echo "| Balancer | Balancer | Backends | wrk and the rest | Machine | Machine CPU vs nginx |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    awk -F'\t' 'NR > 1 && $8 > 0 {
+        k = $1; n[k]++; lb[k] += $9 / $8 * 1e6; be[k] += $18 / $8 * 1e6; m[k] += $19 / $8 * 1e6
+        if (!(k in seen)) { seen[k] = 1; order[++c] = k }
+    } END {
+        for (i = 1; i <= c; i++) { k = order[i]
+            ratio = ("nginx" in n) ? sprintf("%.3f×", (m[k] / n[k]) / (m["nginx"] / n["nginx"])) : ""
+            printf "| %s | %.1f µs | %.1f µs | %.1f µs | %.1f µs | %s |\n", k, lb[k] / n[k], be[k] / n[k],
+                (m[k] - lb[k] - be[k]) / n[k], m[k] / n[k], ratio }
     }' "$out/runs.tsv"
     echo
     echo "### Goals"

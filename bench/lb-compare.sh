@@ -99,7 +99,7 @@ lbc_start_backend 1 "$b1_port"
 lbc_start_backend 2 "$b2_port"
 bench_log "backends: 127.0.0.1:$b1_port (pid ${LBC_BACKEND_PIDS[0]}), 127.0.0.1:$b2_port (pid ${LBC_BACKEND_PIDS[1]})"
 
-printf 'kind\trun\trps\tp50_ms\tp99_ms\terrors\tnon2xx\trequests\tcpu_s\trss_load_kib\tpss_load_kib\trss_hold_kib\tpss_hold_kib\thold_open\thold_failed\tcompile_overlap_wrk_hold\twrk_tries\n' >"$out/runs.tsv"
+printf 'kind\trun\trps\tp50_ms\tp99_ms\terrors\tnon2xx\trequests\tcpu_s\trss_load_kib\tpss_load_kib\trss_hold_kib\tpss_hold_kib\thold_open\thold_failed\tcompile_overlap_wrk_hold\twrk_tries\tbackends_cpu_s\tmachine_cpu_s\n' >"$out/runs.tsv"
 
 run=0
 for kind in $ORDER; do
