@@ -11,6 +11,14 @@
       Reads two Prometheus text expositions, subtracts BEFORE from AFTER for METRIC's buckets (summed
       over every label set but `le`), and prints the per-bucket counts of the interval plus p50, p90,
       p99 and p99.9 estimated by linear interpolation inside the bucket (as histogram_quantile does).
+
+  pool DIR [DIR ...]
+      Pools several runs of the script (their result directories): per directory, tenfold's throughput,
+      p99 and CPU per request against nginx's and HAProxy's (ratios of the means over each balancer's
+      runs, as the script's own summary computes them); then over all directories, the same ratios of
+      the pooled means, the mean of the per-directory ratios, their range, and in how many directories
+      each throughput goal was met. Directories whose tenfold binary differs are listed apart: figures
+      of two builds are not pooled.
 """
 
 import asyncio
@@ -156,11 +164,95 @@ def _hist(before, after, metric):
         print(f"  p{q * 100:g}: in bucket ({_fmt_s(lo) if lo else '0'}, {hi}], interpolated {_fmt_s(_quantile(q, bounds, cum))}")
 
 
+def _runs(directory):
+    """(binary hash, {kind: [(rps, p99_ms, cpu_us_per_request)]}) of one result directory."""
+    binary = "?"
+    with open(f"{directory}/machine.txt") as f:
+        for line in f:
+            if line.startswith("binary:"):
+                binary = line.split()[1]
+    runs = {}
+    with open(f"{directory}/runs.tsv") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        for line in f:
+            row = dict(zip(header, line.rstrip("\n").split("\t")))
+            requests = float(row["requests"])
+            cpu = float(row["cpu_s"]) / requests * 1e6 if requests > 0 else 0.0
+            runs.setdefault(row["kind"], []).append((float(row["rps"]), float(row["p99_ms"]), cpu))
+    return binary, runs
+
+
+def _ratios(runs, peer):
+    """tenfold / peer for throughput, p99 and CPU per request (ratios of the means), or None."""
+    if not runs.get("tenfold") or not runs.get(peer):
+        return None
+
+    def mean(kind, i):
+        return sum(r[i] for r in runs[kind]) / len(runs[kind])
+
+    return tuple(mean("tenfold", i) / mean(peer, i) for i in range(3))
+
+
+def _interval(a, b):
+    """Approximate 95 % interval of mean(a) / mean(b) for throughput (delta method on the log ratio,
+    runs taken as independent samples; needs two runs of each)."""
+    def stats(runs):
+        xs = [r[0] for r in runs]
+        m = sum(xs) / len(xs)
+        var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else float("inf")
+        return m, var / len(xs) / (m * m)
+
+    ma, ra = stats(a)
+    mb, rb = stats(b)
+    half = 1.96 * math.sqrt(ra + rb)
+    return ma / mb * math.exp(-half), ma / mb * math.exp(half)
+
+
+def _pool(directories):
+    groups = {}
+    for d in directories:
+        binary, runs = _runs(d.rstrip("/"))
+        groups.setdefault(binary, []).append((d.rstrip("/"), runs))
+    goal = {"nginx": 1.10, "haproxy": 1.00}
+    for binary, items in groups.items():
+        print(f"tenfold binary {binary}: {len(items)} script runs")
+        print("| Script run | tenfold / nginx | tenfold / HAProxy | p99 vs nginx | CPU vs nginx | CPU vs HAProxy |")
+        print("|---|---:|---:|---:|---:|---:|")
+        pooled = {}
+        for d, runs in items:
+            cells = []
+            rn, rh = _ratios(runs, "nginx"), _ratios(runs, "haproxy")
+            for r, i in ((rn, 0), (rh, 0), (rn, 1), (rn, 2), (rh, 2)):
+                cells.append(f"{r[i]:.3f}×" if r else "")
+            print(f"| {d.rsplit('/', 1)[-1]} | " + " | ".join(cells) + " |")
+            for kind, rs in runs.items():
+                pooled.setdefault(kind, []).extend(rs)
+        print()
+        for peer in ("nginx", "haproxy"):
+            per_dir = [r for r in (_ratios(runs, peer) for _, runs in items) if r]
+            total = _ratios(pooled, peer)
+            if not per_dir or not total:
+                continue
+            thr = [r[0] for r in per_dir]
+            met = sum(1 for t in thr if t >= goal[peer])
+            lo, hi = _interval(pooled["tenfold"], pooled[peer])
+            print(
+                f"vs {peer}: pooled means {total[0]:.3f}× throughput (95 % interval {lo:.3f}-{hi:.3f}×), "
+                f"{total[1]:.3f}× p99, {total[2]:.3f}× CPU "
+                f"per request ({len(pooled['tenfold'])} tenfold runs, {len(pooled[peer])} {peer} runs); "
+                f"per script run {sum(thr) / len(thr):.3f}× on average, {min(thr):.3f}-{max(thr):.3f}×; "
+                f"throughput goal (≥ {goal[peer]:.2f}×) met in {met} of {len(thr)}"
+            )
+        print()
+
+
 def main(argv):
     if len(argv) == 5 and argv[0] == "hold":
         asyncio.run(_hold(argv[1], int(argv[2]), int(argv[3]), float(argv[4])))
     elif len(argv) == 4 and argv[0] == "hist":
         _hist(argv[1], argv[2], argv[3])
+    elif len(argv) >= 2 and argv[0] == "pool":
+        _pool(argv[1:])
     else:
         print(__doc__, file=sys.stderr)
         return 2

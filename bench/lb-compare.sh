@@ -22,8 +22,11 @@
 # For tenfold the balancer-added latency histogram (lb_added_latency_seconds) and the backend latency
 # histogram of the measured wrk phase are taken from the admin API (difference of two scrapes).
 # RSS of nginx/haproxy is the sum of VmRSS over master + workers (PSS too, which counts shared pages
-# once). Goals: throughput >= 1.1x nginx and >= 1.0x HAProxy, p99 <= nginx's, RSS <= 20 MiB with 1,000
+# once). The CPU of both backends and of the whole machine (/proc/stat) is read around each measured
+# phase too, and the summary splits each request's CPU into balancer, backends and the rest (wrk).
+# Goals: throughput >= 1.1x nginx and >= 1.0x HAProxy, p99 <= nginx's, RSS <= 20 MiB with 1,000
 # open client connections. STRICT=1 makes the script exit 2 when a goal is missed.
+# Several runs of one binary pool with: python3 bench/lb-compare-helper.py pool bench/results/lb-compare-*
 #
 # Before each measurement the script waits (up to 10 min) until no rustc/cargo runs (nor a wrk of
 # another benchmark), and a sampler records whether one started during a measurement anyway; a wrk
