@@ -50,6 +50,21 @@ pub enum StoreError {
     Other(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl StoreError {
+    /// Whether a write that failed this way may have taken effect all the same: the connection failed
+    /// while the statement ran, so the server may have committed it and the answer been lost. Failures
+    /// that sent nothing (no connection to be had, a database error the server answered) say no.
+    pub fn outcome_unknown(&self) -> bool {
+        let (StoreError::Unavailable(e) | StoreError::Other(e)) = self else {
+            return false;
+        };
+        matches!(
+            e.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed)
+        )
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
@@ -101,5 +116,22 @@ impl StoreError {
     /// A setup failure described by a message alone.
     pub fn setup_msg(message: impl Into<String>) -> Self {
         StoreError::setup("setup", std::io::Error::other(message.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[test]
+    fn only_a_connection_lost_mid_statement_leaves_a_write_uncertain() {
+        let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(StoreError::from(sqlx::Error::Io(lost)).outcome_unknown());
+        assert!(StoreError::from(sqlx::Error::WorkerCrashed).outcome_unknown());
+        // Nothing was sent: no connection could be had.
+        assert!(!StoreError::from(sqlx::Error::PoolTimedOut).outcome_unknown());
+        assert!(!StoreError::from(sqlx::Error::PoolClosed).outcome_unknown());
+        assert!(!StoreError::OrderIdTaken(7).outcome_unknown());
+        assert!(!StoreError::Unavailable("a fenced bucket".into()).outcome_unknown());
     }
 }

@@ -9,6 +9,7 @@
 mod counting;
 mod nats;
 mod pg_cluster;
+mod pg_cut;
 mod process;
 mod redis_server;
 
@@ -19,6 +20,7 @@ use tenfold_store::{connect, ConnectOptions, Store};
 pub use counting::CountingStore;
 pub use nats::{nats_url, TestNats};
 pub use pg_cluster::PgCluster;
+pub use pg_cut::AnswerCutter;
 pub use process::{run_ok, serve_printing_addr, Served};
 pub use redis_server::RedisServer;
 pub use tenfold_config::{CacheConfig, HttpConfig};

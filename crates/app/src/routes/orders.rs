@@ -235,8 +235,8 @@ async fn place_once(
         .first()
         .map(|t| t.currency.clone())
         .unwrap_or_default();
-    // From here on the stock is taken: a failure gives it back (and if this process dies first, the
-    // reconciler does, unless the order was written).
+    // From here on the stock is taken: a failure known to have written nothing gives it back; otherwise
+    // (and if this process dies first) the reconciler does, unless the order was written.
     let give_back = || async {
         if let Err(e) = store.give_back_stock(id.get()).await {
             tracing::error!(error = %e, order = id.get(), "could not give back the stock of a failed order; the reconciler will");
@@ -282,11 +282,19 @@ async fn place_once(
             all_lists: false,
         })
         .await;
-    match shards.insert(&order).await {
+    let (written, uncertain) = insert_settled(shards, &order).await;
+    match written {
         Ok(()) => {}
         Err(StoreError::OrderIdTaken(_)) => {
             give_back().await;
             return Ok(None);
+        }
+        Err(e) if uncertain => {
+            // A try may have committed with its answer lost: giving the stock back now could leave a
+            // written order without its stock. The reservation stays; the reconciler looks for the order on
+            // its shard before it gives anything back.
+            tracing::error!(error = %e, order = order.id.get(), "could not write an order to its shard, and it may be there; the reconciler will settle its stock");
+            return Err(e.into());
         }
         Err(e) => {
             tracing::error!(error = %e, order = order.id.get(), "could not write an order to its shard; giving the stock back");
@@ -299,6 +307,33 @@ async fn place_once(
         tracing::warn!(error = %e, order = id.get(), "could not release an order's reservation");
     }
     Ok(Some(order))
+}
+
+/// Writes an order to its shard. A write whose connection failed while it ran may have committed with its
+/// answer lost ([`StoreError::outcome_unknown`]): it is tried again, since writing the same order again is
+/// a no-op that tells whether it is there; three tries in all, 20 and 80 ms apart. Failures that wrote
+/// nothing (no connection to be had, a fenced bucket) are not tried again. Returns the outcome and whether,
+/// on failure, some try may have written the order.
+async fn insert_settled(shards: &OrderShards, order: &Order) -> (Result<(), StoreError>, bool) {
+    let mut pause = std::time::Duration::from_millis(20);
+    let mut uncertain = false;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match shards.insert(order).await {
+            Ok(()) => return (Ok(()), false),
+            Err(e) if e.outcome_unknown() && tries < 3 => {
+                uncertain = true;
+                tracing::warn!(error = %e, order = order.id.get(), "the answer to an order's write was lost; writing it again");
+                tokio::time::sleep(pause).await;
+                pause *= 4;
+            }
+            Err(e) => {
+                let uncertain = uncertain || e.outcome_unknown();
+                return (Err(e), uncertain);
+            }
+        }
+    }
 }
 
 /// Finds reservations older than `older_than_ms` (orders whose placing process may have died): drops those

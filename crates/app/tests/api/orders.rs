@@ -359,3 +359,87 @@ async fn the_reconciler_gives_back_the_stock_of_orders_that_were_never_written()
         (0, 0)
     );
 }
+
+/// A shard that commits an order and loses the answer (its connection drops before the reply): the order
+/// is written, so the client gets it and its stock stays taken, once; nothing is left for the reconciler.
+#[tokio::test]
+async fn an_order_whose_write_answer_was_lost_keeps_its_stock_and_is_answered() {
+    if !tenfold_test_support::engines().contains(&Engine::Postgres) {
+        return;
+    }
+    let catalog_db = TestDb::new(Engine::Sqlite).await;
+    let store = catalog_db.store().await;
+    tenfold_seed::seed(&store, 3, 1, false).await.unwrap();
+    let shard_db = TestDb::new(Engine::Postgres).await;
+    let cutter = tenfold_test_support::AnswerCutter::start(&shard_db.url).await;
+    let shards = Arc::new(
+        OrderShards::connect(
+            store.clone(),
+            &[cutter.url().to_owned()],
+            std::time::Duration::from_secs(3),
+        )
+        .await
+        .unwrap(),
+    );
+    let app = spawn_app_full(
+        store.clone(),
+        HttpConfig::default(),
+        &CacheConfig::default(),
+        Some(shards.clone()),
+    )
+    .await;
+    let t5 = token(&app, 5).await;
+    let stock = || async {
+        store
+            .get_product(tenfold_catalog::ProductId::new(1).unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .stock
+    };
+    let before = stock().await;
+
+    cutter.arm();
+    let r = order(
+        &client(),
+        &app,
+        &t5,
+        json!({"customer_id": 5, "items": [{"product_id": 1, "quantity": 2}]}),
+    )
+    .await;
+    assert_eq!(
+        cutter.cuts(),
+        1,
+        "the shard's answer to the order's write was lost"
+    );
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    let placed: Value = r.json().await.unwrap();
+    let id = tenfold_store::shards::OrderId::from_i64(placed["id"].as_i64().unwrap()).unwrap();
+    assert!(
+        shards.get(id).await.unwrap().is_some(),
+        "the order is on its shard"
+    );
+    assert_eq!(
+        stock().await,
+        before - 2,
+        "the written order keeps its stock, taken once"
+    );
+    assert!(
+        store.stale_reservations(0).await.unwrap().is_empty(),
+        "the reservation was released"
+    );
+    // The reconciler finds nothing to give back.
+    assert_eq!(
+        tenfold_app::reconcile_orders(&store, &shards, 0)
+            .await
+            .unwrap(),
+        (0, 0)
+    );
+    assert_eq!(stock().await, before - 2);
+    app.stop().await;
+}
