@@ -21,6 +21,28 @@ struct Up {
     dir: tempfile::TempDir,
 }
 
+impl Drop for Up {
+    /// A test that ends, or fails, with the supervisor still running stops it as a user would: SIGTERM,
+    /// which drains and stops its instances; SIGKILL if it has not exited 10 s later.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start_up() -> Up {
     start_up_with(&["--instances", "3"])
 }
