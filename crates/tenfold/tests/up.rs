@@ -28,9 +28,7 @@ impl Drop for Up {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return;
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        sigterm(&self.child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if !matches!(self.child.try_wait(), Ok(None)) {
@@ -261,11 +259,7 @@ async fn up_survives_kill_scale_and_rolling_restart_without_failed_requests() {
 
     // SIGTERM: everything stops, nothing is left running, the state file is gone.
     let children = pids(&fleet(&up).await);
-    assert!(Command::new("kill")
-        .args(["-TERM", &up.child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    nix_term(&up);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = up.child.try_wait().unwrap() {
@@ -450,10 +444,13 @@ async fn background_workers_scale_with_the_queue_and_run_every_job() {
 }
 
 fn nix_term(up: &Up) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &up.child.id().to_string()])
+    assert!(sigterm(&up.child));
+}
+
+/// Sends SIGTERM to `child`; whether `kill` succeeded.
+fn sigterm(child: &Child) -> bool {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
         .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+        .is_ok_and(|s| s.success())
 }

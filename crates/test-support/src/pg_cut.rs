@@ -1,7 +1,7 @@
 //! A TCP relay in front of a PostgreSQL server that, once armed, loses the answer to the next write: it
-//! lets the server commit an `INSERT` and then drops the connection instead of passing on the
-//! `CommandComplete`, and what follows up to `ReadyForQuery`. The client sees its connection fail and cannot tell
-//! whether the row was written (it was). Every other connection, before and after, is relayed as it is.
+//! lets the server commit an `INSERT` and then drops the connection instead of passing on its
+//! `CommandComplete` and what follows up to `ReadyForQuery`. The client sees its connection fail and cannot
+//! tell whether the row was written (it was). Every other connection, before and after, is relayed as is.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -114,19 +114,14 @@ async fn relay(
                 (b'C', None) if msg[5..].starts_with(b"INSERT") && armed.load(Ordering::SeqCst) => {
                     held = Some(msg.to_vec());
                 }
-                // Held until ReadyForQuery (a CloseComplete may come between); an error means nothing was
-                // committed, so everything passes after all.
-                (b'E', Some(h)) => {
-                    out.append(h);
-                    out.extend_from_slice(msg);
-                    held = None;
-                }
+                // Held until ReadyForQuery (a CloseComplete may come between).
                 (b'Z', Some(_)) if armed.swap(false, Ordering::SeqCst) => {
                     // Committed: the server sends ReadyForQuery after the implicit transaction's commit.
                     cuts.fetch_add(1, Ordering::SeqCst);
                     break 'outer;
                 }
-                (b'Z', Some(h)) => {
+                // An error means nothing was committed (or another connection took the cut): all passes.
+                (b'E' | b'Z', Some(h)) => {
                     out.append(h);
                     out.extend_from_slice(msg);
                     held = None;

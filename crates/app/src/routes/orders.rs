@@ -316,20 +316,19 @@ async fn place_once(
 /// on failure, some try may have written the order.
 async fn insert_settled(shards: &OrderShards, order: &Order) -> (Result<(), StoreError>, bool) {
     let mut pause = std::time::Duration::from_millis(20);
-    let mut uncertain = false;
     let mut tries = 0;
     loop {
         tries += 1;
         match shards.insert(order).await {
             Ok(()) => return (Ok(()), false),
             Err(e) if e.outcome_unknown() && tries < 3 => {
-                uncertain = true;
                 tracing::warn!(error = %e, order = order.id.get(), "the answer to an order's write was lost; writing it again");
                 tokio::time::sleep(pause).await;
                 pause *= 4;
             }
+            // Only an uncertain try is followed by another, so any try before this one was uncertain.
             Err(e) => {
-                let uncertain = uncertain || e.outcome_unknown();
+                let uncertain = tries > 1 || e.outcome_unknown();
                 return (Err(e), uncertain);
             }
         }
